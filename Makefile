@@ -1,0 +1,35 @@
+# Same commands locally and in CI. `make help` lists them.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-unit lint clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the project with its dev tools
+
+demo: $(STAMP) ## Run a real backfill end to end (embedded Postgres/Redis and stand-in LLM when unset)
+	$(VENV)/bin/backfill demo
+
+test: $(STAMP) ## Unit and integration tests (real Postgres, Redis, Celery worker, stand-in over HTTP)
+	$(PY) -m pytest
+
+test-unit: $(STAMP) ## Unit tests only (no services)
+	$(PY) -m pytest tests/unit
+
+lint: $(STAMP) ## ruff and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy shared worker scheduler
+
+clean: ## Stop embedded servers and remove .run/
+	-$(PY) -c "from pathlib import Path; from shared.services import stop_embedded; stop_embedded(Path('.run'))"
+	rm -rf .run

@@ -1,0 +1,229 @@
+"""Tables. Postgres is the source of truth for job and item state; the broker only carries ids."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+ITEM_STATES = ("pending", "queued", "running", "succeeded", "failed", "skipped", "cancelled")
+TERMINAL_ITEM_STATES = ("succeeded", "failed", "skipped", "cancelled")
+JOB_STATES = ("running", "paused", "cancelled", "completed")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def _now() -> Mapped[datetime]:
+    return mapped_column(DateTime(timezone=True), server_default=func.now(), nullable=False)
+
+
+class Workspace(Base):
+    __tablename__ = "workspaces"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    created_at: Mapped[datetime] = _now()
+
+
+class AgentVersion(Base):
+    """One version of an agent with its analysis configuration (Retell-style)."""
+
+    __tablename__ = "agent_versions"
+
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id"), primary_key=True)
+    agent_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    is_published: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    agent_name: Mapped[str | None] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(8), nullable=False)  # voice | chat
+    analysis_model: Mapped[str | None] = mapped_column(Text)
+    analysis_data: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'[]'::jsonb")
+    )
+    updated_at: Mapped[datetime] = _now()
+
+
+class SessionRecord(Base):
+    """A call or a chat, with the columns the filters need and its current analysis."""
+
+    __tablename__ = "sessions"
+
+    session_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8), nullable=False)  # call | chat
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id"), nullable=False)
+    agent_id: Mapped[str] = mapped_column(String(128), nullable=False)
+    agent_version: Mapped[int | None] = mapped_column(Integer)
+    batch_call_id: Mapped[str | None] = mapped_column(Text)
+    from_number: Mapped[str | None] = mapped_column(Text)
+    to_number: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str | None] = mapped_column(String(32))  # call_status | chat_status
+    call_type: Mapped[str | None] = mapped_column(String(32))
+    direction: Mapped[str | None] = mapped_column(String(16))
+    disconnection_reason: Mapped[str | None] = mapped_column(Text)
+    start_timestamp: Mapped[int | None] = mapped_column(BigInteger)
+    end_timestamp: Mapped[int | None] = mapped_column(BigInteger)
+    duration_ms: Mapped[int | None] = mapped_column(BigInteger)
+    transcript: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'[]'::jsonb")
+    )
+    metadata_: Mapped[dict[str, Any]] = mapped_column(
+        "metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")
+    )
+    dynamic_variables: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'{}'::jsonb")
+    )
+    agent_transfers: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'[]'::jsonb")
+    )
+    # Denormalised from agent_transfers so `transfer_agent in [...]` is a GIN lookup.
+    transfer_agent_ids: Mapped[list[str]] = mapped_column(
+        ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")
+    )
+    # Current analysis.
+    summary: Mapped[str | None] = mapped_column(Text)
+    successful: Mapped[bool | None] = mapped_column(Boolean)
+    user_sentiment: Mapped[str | None] = mapped_column(String(16))
+    in_voicemail: Mapped[bool | None] = mapped_column(Boolean)
+    custom_analysis_data: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'{}'::jsonb")
+    )
+    # Provenance of the current analysis: the run that wrote it (null = imported).
+    analysis_run_id: Mapped[int | None] = mapped_column(BigInteger)
+    # Start time of that run: a run that started earlier never overwrites it (no lost update).
+    analysis_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    imported_at: Mapped[datetime] = _now()
+
+    __table_args__ = (
+        Index("ix_sessions_ws_kind_start", "workspace_id", "kind", "start_timestamp"),
+        Index("ix_sessions_ws_kind_agent", "workspace_id", "kind", "agent_id", "agent_version"),
+        Index("ix_sessions_ws_kind_status", "workspace_id", "kind", "status"),
+        Index("ix_sessions_transfer_agents", "transfer_agent_ids", postgresql_using="gin"),
+        Index(
+            "ix_sessions_metadata", "metadata", postgresql_using="gin",
+            postgresql_ops={"metadata": "jsonb_path_ops"},
+        ),
+    )
+
+
+class BackfillJob(Base):
+    __tablename__ = "backfill_jobs"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id"), nullable=False)
+    kind: Mapped[str] = mapped_column(String(8), nullable=False)
+    filters: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, nullable=False)
+    options: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'{}'::jsonb")
+    )
+    state: Mapped[str] = mapped_column(String(16), nullable=False, server_default="running")
+    state_reason: Mapped[str | None] = mapped_column(Text)
+    matched: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    idempotency_key: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now()
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index(
+            "uq_backfill_jobs_idempotency", "workspace_id", "idempotency_key", unique=True,
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+        ),
+        Index("ix_backfill_jobs_active", "state", postgresql_where=text("state = 'running'")),
+        Index("ix_backfill_jobs_ws_created", "workspace_id", "created_at"),
+    )
+
+
+class BackfillItem(Base):
+    """One session of one job. The claim on this row is what makes a task idempotent."""
+
+    __tablename__ = "backfill_items"
+
+    job_id: Mapped[str] = mapped_column(
+        ForeignKey("backfill_jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    session_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), nullable=False, server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    error_kind: Mapped[str | None] = mapped_column(String(32))
+    error: Mapped[str | None] = mapped_column(Text)
+    queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # A retried item waits in Postgres (not as an ETA message in the broker) until this time.
+    not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        # Per-state counts and "next pending items" are index-only scans.
+        Index("ix_backfill_items_job_state", "job_id", "state"),
+        Index(
+            "ix_backfill_items_leases", "lease_expires_at",
+            postgresql_where=text("state IN ('queued', 'running')"),
+        ),
+    )
+
+
+class AnalysisRun(Base):
+    """History: every analysis ever written for a session, with its provenance."""
+
+    __tablename__ = "analysis_runs"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(
+        ForeignKey("sessions.session_id", ondelete="CASCADE"), nullable=False
+    )
+    job_id: Mapped[str | None] = mapped_column(String(40))
+    workspace_id: Mapped[str] = mapped_column(String(128), nullable=False)
+    agent_id: Mapped[str] = mapped_column(String(128), nullable=False)
+    agent_version: Mapped[int] = mapped_column(Integer, nullable=False)
+    used_draft: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    model: Mapped[str] = mapped_column(Text, nullable=False)
+    requested_model: Mapped[str | None] = mapped_column(Text)
+    config_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    result: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    input_tokens: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    output_tokens: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    cache_read_tokens: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    cache_write_tokens: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    latency_ms: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    created_at: Mapped[datetime] = _now()
+
+    __table_args__ = (
+        # At most one successful run per (job, session): a doubled delivery cannot write twice.
+        Index(
+            "uq_analysis_runs_job_session", "job_id", "session_id", unique=True,
+            postgresql_where=text("job_id IS NOT NULL"),
+        ),
+        Index("ix_analysis_runs_session", "session_id", "created_at"),
+    )
+
+
+__all__ = [
+    "AgentVersion", "AnalysisRun", "BackfillItem", "BackfillJob", "Base",
+    "ITEM_STATES", "JOB_STATES", "SessionRecord", "TERMINAL_ITEM_STATES", "Workspace",
+]

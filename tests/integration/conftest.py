@@ -1,0 +1,92 @@
+"""Real processes for integration tests: the stand-in over HTTP, a Celery worker, the scheduler."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from scheduler import processes
+from shared.llm_stub import StubServer, make_server
+from shared.settings import Settings
+
+LOG_DIR = Path(__file__).resolve().parents[2] / ".run" / "test" / "logs"
+
+
+@pytest.fixture(scope="session")
+def stub_server() -> Iterator[StubServer]:
+    server = make_server("127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="session")
+def stub_url(stub_server: StubServer) -> str:
+    return f"http://127.0.0.1:{stub_server.server_address[1]}"
+
+
+@dataclass
+class Pipeline:
+    """A running worker and scheduler, sharing the test run's database, broker and queue."""
+
+    worker: subprocess.Popen[bytes]
+    scheduler: subprocess.Popen[bytes]
+    env: dict[str, str]
+
+
+def service_env(settings: Settings, stub_url: str) -> dict[str, str]:
+    return {
+        "DATABASE_URL": settings.require_database_url(),
+        "BROKER_URL": settings.require_broker_url(),
+        "BACKFILL_QUEUE": settings.queue_name,
+        "ANTHROPIC_BASE_URL": stub_url,
+        "BACKFILL_LLM": "stub",
+        "BACKFILL_DISPATCH_INTERVAL_S": "0.2",
+        "BACKFILL_RETRY_BASE_S": "0.2",
+        "BACKFILL_RETRY_CAP_S": "2",
+    }
+
+
+def start_worker(env: dict[str, str], name: str, concurrency: int = 8) -> subprocess.Popen[bytes]:
+    log_path = LOG_DIR / f"{name}.log"
+    log_path.unlink(missing_ok=True)
+    process = processes.start(
+        processes.backfill_command("worker", "--concurrency", str(concurrency), "--",
+                                   "--hostname", f"{name}@%h"),
+        log_path, env,
+    )
+    wait_for_log(log_path, "ready.", process)
+    return process
+
+
+def wait_for_log(path: Path, marker: str, process: subprocess.Popen[bytes],
+                 timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists() and marker in path.read_text(errors="replace"):
+            return
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited early; see {path}:\n{path.read_text()[-3000:]}")
+        time.sleep(0.2)
+    raise RuntimeError(f"{marker!r} not seen in {path} within {timeout_s:.0f}s")
+
+
+@pytest.fixture(scope="session")
+def pipeline(settings: Settings, stub_url: str) -> Iterator[Pipeline]:
+    env = service_env(settings, stub_url)
+    worker = start_worker(env, "worker-main")
+    scheduler_log = LOG_DIR / "scheduler.log"
+    scheduler_log.unlink(missing_ok=True)
+    scheduler = processes.start(processes.backfill_command("scheduler"), scheduler_log, env)
+    wait_for_log(scheduler_log, "scheduler running", scheduler)
+    yield Pipeline(worker=worker, scheduler=scheduler, env=env)
+    processes.stop(scheduler)
+    processes.stop(worker)
