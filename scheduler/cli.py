@@ -13,7 +13,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from scheduler import planner, progress, queries
+from scheduler import operations, planner, progress, queries
 from scheduler.runtime import load_filters_argument, open_database, resolve_settings
 from shared.errors import InvalidInput, NotFound
 
@@ -195,6 +195,85 @@ def demo(
     from scheduler.demo import run_demo
 
     run_demo(sessions=sessions, concurrency=concurrency)
+
+
+Reason = Annotated[str | None, typer.Option("--reason", help="Why (kept on the job).")]
+
+
+@app.command()
+def failed(job_id: str, as_json: JsonFlag = False) -> None:
+    """Failed items of a job: session, error kind, message, attempts."""
+    db = open_database(resolve_settings())
+    with db.transaction() as tx:
+        items = guarded(lambda: operations.failed_items(tx, job_id))
+    if as_json:
+        emit(items)
+    else:
+        progress.print_failed(items)
+
+
+@app.command()
+def requeue(
+    job_id: str,
+    error_kind: Annotated[list[str] | None, typer.Option("--error-kind")] = None,
+    session_id: Annotated[list[str] | None, typer.Option("--session")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run")] = False,
+    reason: Reason = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Failed items back to pending; a completed job runs again."""
+    db = open_database(resolve_settings())
+    count = guarded(lambda: operations.requeue(
+        db, job_id, error_kinds=error_kind, session_ids=session_id, dry_run=dry_run,
+        reason=reason))
+    if as_json:
+        emit({"requeued": count, "dry_run": dry_run})
+    else:
+        typer.echo(f"{'would requeue' if dry_run else 'requeued'} {count} items")
+
+
+@app.command()
+def pause(job_id: str, reason: Reason = None) -> None:
+    """Stop dispatching a job (in-flight calls finish)."""
+    _operate(operations.pause, job_id, reason)
+
+
+@app.command()
+def resume(job_id: str, reason: Reason = None) -> None:
+    """Dispatch a paused job again."""
+    _operate(operations.resume, job_id, reason)
+
+
+@app.command()
+def cancel(job_id: str, reason: Reason = None) -> None:
+    """Cancel a job: its pending and queued items end as cancelled."""
+    _operate(operations.cancel, job_id, reason)
+
+
+@app.command()
+def rerun(
+    session_id: str,
+    wait: Annotated[bool, typer.Option("--wait")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Re-analyse one session now with the latest draft configuration."""
+    settings = resolve_settings()
+    db = open_database(settings)
+    job_id = guarded(lambda: operations.rerun_session(db, settings, session_id, _operator()))
+    if not wait:
+        _print_job(db, job_id, as_json)
+        return
+    progress.follow(db, job_id)
+    with db.transaction() as tx:
+        document = queries.session_json(tx, session_id)
+    emit(document) if as_json else progress.print_session(document)
+
+
+def _operate(action: Callable[[Any, str, str | None], str], job_id: str,
+             reason: str | None) -> None:
+    db = open_database(resolve_settings())
+    state = guarded(lambda: action(db, job_id, reason))
+    typer.echo(f"{job_id}: {state}")
 
 
 def _print_job(db: Any, job_id: str, as_json: bool) -> None:

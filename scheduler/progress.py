@@ -88,3 +88,11 @@ def print_session(document: dict[str, Any]) -> None:
     for key, value in source.items():
         table.add_row(f"source.{key}", str(value))
     stdout.print(table)
+
+
+def print_failed(items: list[dict[str, Any]]) -> None:
+    table = Table("session", "error kind", "message", "attempts")
+    for item in items:
+        table.add_row(item["session_id"], item["error_kind"] or "", (item["error"] or "")[:80],
+                      str(item["attempts"]))
+    stdout.print(table)

@@ -69,8 +69,10 @@ def queued_item(db: Database, marker: str) -> tuple[str, str]:
 
 def item_and_job(db: Database, job: str, sid: str) -> tuple[Any, Any]:
     with db.transaction() as tx:
-        item = tx.execute(text("SELECT * FROM backfill_items WHERE job_id = :j AND session_id = :s"),
-                          {"j": job, "s": sid}).one()
+        item = tx.execute(
+            text("SELECT * FROM backfill_items WHERE job_id = :j AND session_id = :s"),
+            {"j": job, "s": sid},
+        ).one()
         job_row = tx.execute(text("SELECT * FROM backfill_jobs WHERE id = :j"), {"j": job}).one()
     return item, job_row
 

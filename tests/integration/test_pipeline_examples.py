@@ -176,3 +176,63 @@ def _snapshot(db: Database) -> list[Any]:
             tx.execute(text("SELECT * FROM sessions ORDER BY session_id")).all(),
             tx.execute(text("SELECT * FROM agent_versions ORDER BY agent_id, version")).all(),
         ]
+
+
+def test_operator_flow_requeue_pause_resume_cancel(imported: Any, db: Database) -> None:
+    """A failed item is requeued and the completed job runs again to completion."""
+    job = backfill_json(imported.env, "create", "--workspace", "ws_acme", "--kind", "call",
+                        "--filters", '[{"field": "call_id", "op": "eq", "value": "call_002"}]',
+                        "--wait")
+    assert job["counts"]["succeeded"] == 1
+    with db.transaction() as tx:  # simulate a permanent failure of that item
+        tx.execute(text("UPDATE backfill_items SET state = 'failed', error_kind = 'llm_refusal',"
+                        " error = 'refused' WHERE job_id = :j"), {"j": job["id"]})
+    failed = backfill_json(imported.env, "failed", job["id"])
+    assert [(f["session_id"], f["error_kind"]) for f in failed] == [("call_002", "llm_refusal")]
+    dry = backfill_json(imported.env, "requeue", job["id"], "--error-kind", "llm_refusal",
+                        "--dry-run")
+    assert dry == {"requeued": 1, "dry_run": True}
+    assert backfill_json(imported.env, "requeue", job["id"], "--reason", "test")["requeued"] == 1
+    final = backfill_json(imported.env, "watch", job["id"])
+    assert (final["state"], final["counts"]["succeeded"], final["counts"]["failed"]) == (
+        "completed", 1, 0)
+    result = backfill(imported.env, "pause", job["id"], expect=2)
+    assert "completed" in result.stderr
+
+
+def test_pause_resume_cancel(imported: Any, db: Database) -> None:
+    """On a job held paused (so the running scheduler leaves it alone), pending items cancel."""
+    with db.transaction() as tx:
+        tx.execute(text("INSERT INTO backfill_jobs (id, workspace_id, kind, filters, state,"
+                        " matched) VALUES ('bf_cancel_me', 'ws_acme', 'call', '[]', 'paused', 2)"))
+        tx.execute(text("INSERT INTO backfill_items (job_id, session_id) VALUES"
+                        " ('bf_cancel_me', 'call_001'), ('bf_cancel_me', 'call_002')"))
+    refused = backfill(imported.env, "pause", "bf_cancel_me", expect=2)  # already paused
+    assert "is paused" in refused.stderr
+    backfill(imported.env, "cancel", "bf_cancel_me", "--reason", "changed my mind")
+    final = backfill_json(imported.env, "show", "bf_cancel_me")
+    assert (final["state"], final["state_reason"]) == ("cancelled", "changed my mind")
+    assert (final["counts"]["cancelled"], final["counts"]["pending"]) == (2, 0)
+    assert "cancelled" in backfill(imported.env, "requeue", "bf_cancel_me", expect=2).stderr
+
+
+def test_rerun_one_session(imported: Any) -> None:
+    doc = backfill_json(imported.env, "rerun", "call_001", "--wait")
+    assert doc["analysis_source"]["agent_version"] == 1
+    assert doc["analysis_source"]["job_id"].startswith("bf_")
+
+
+def test_bad_import_file_exits_2_with_line_numbers(imported: Any, tmp_path: Path,
+                                                   db: Database) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"object": "call", "call_id": "x1"}\nnot json\n', encoding="utf-8")
+    sessions_before = _count(db, "sessions")
+    result = backfill(imported.env, "import", str(bad), expect=2)
+    assert "line 1" in result.stderr and "line 2" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert _count(db, "sessions") == sessions_before
+
+
+def test_unknown_job_is_a_clean_error(imported: Any) -> None:
+    result = backfill(imported.env, "show", "bf_does_not_exist", expect=1)
+    assert "no backfill job" in result.stderr and "Traceback" not in result.stderr
