@@ -223,7 +223,39 @@ class AnalysisRun(Base):
     )
 
 
+class ApiKey(Base):
+    """A bearer key of one workspace. Only a hash is stored; the key is shown once."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id"), nullable=False)
+    key_hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    created_by: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now()
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AuditEvent(Base):
+    """Who did what to a job, when and why (create, requeue, pause, resume, cancel, rerun)."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    workspace_id: Mapped[str] = mapped_column(String(128), nullable=False)
+    job_id: Mapped[str | None] = mapped_column(String(40))
+    actor: Mapped[str] = mapped_column(Text, nullable=False)  # "api_key:<id>" or "os:<user>"
+    action: Mapped[str] = mapped_column(String(32), nullable=False)
+    reason: Mapped[str | None] = mapped_column(Text)
+    details: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'{}'::jsonb")
+    )
+    created_at: Mapped[datetime] = _now()
+
+    __table_args__ = (Index("ix_audit_events_job", "job_id", "created_at"),)
+
+
 __all__ = [
-    "AgentVersion", "AnalysisRun", "BackfillItem", "BackfillJob", "Base",
+    "AgentVersion", "ApiKey", "AuditEvent", "AnalysisRun", "BackfillItem", "BackfillJob", "Base",
     "ITEM_STATES", "JOB_STATES", "SessionRecord", "TERMINAL_ITEM_STATES", "Workspace",
 ]
