@@ -9,6 +9,7 @@ shares no expression code with the SQL side so the property tests can compare th
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -46,6 +47,7 @@ MAX_LIST = 1000
 # Epoch-ms timestamps and versions live in BIGINT/INTEGER columns; anything beyond int64 is
 # nonsense input, refused here rather than left to the database.
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_NUMBER = sys.float_info.max
 
 TEXT_OPS = ("eq", "ne", "sw", "ew", "co", "pr", "np")
 ORDER_OPS = ("eq", "ne", "gt", "ge", "lt", "le", "bt")
@@ -158,7 +160,7 @@ def _json_type(value: object) -> str:
     )
     if value is None:
         return "null"
-    return next((name for kind, name in names if isinstance(value, kind)), type(value).__name__)
+    return next((name for cls, name in names if isinstance(value, cls)), type(value).__name__)
 
 
 def _is_int(value: object) -> TypeGuard[int]:
@@ -166,7 +168,7 @@ def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return _is_int(value) or isinstance(value, float)
 
 
@@ -206,6 +208,9 @@ def _check_number(value: object) -> None:
         raise _Problem(f"value must be a number, got {_json_type(value)}")
     if isinstance(value, float) and not math.isfinite(value):
         raise _Problem("number must be finite")
+    # JSON numbers beyond a double are not useful filters and would overflow serializers.
+    if abs(value) > MAX_NUMBER:
+        raise _Problem("number out of range")
 
 
 def _check_scalar(value: object) -> None:
@@ -484,7 +489,7 @@ def _json_presence(column: ColumnElement[Any], key: str) -> ColumnElement[str]:
 def _keyed_condition(spec: FieldSpec, row: FilterRow) -> _Cond:
     column, key = _column(spec), str(row.key)
     if row.op == "pr":
-        return column.has_key(key)
+        return _json_presence(column, key) != "null"
     if row.op == "np":
         return _json_presence(column, key) == "null"
     json_type = _keyed_type(row.op, row.value)

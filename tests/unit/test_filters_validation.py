@@ -29,7 +29,8 @@ VALID_ROWS: dict[str, list[dict[str, Any]]] = {
     "chat_id": [{"field": "chat_id", "op": "eq", "value": "c1"},
                 {"field": "chat_id", "op": "in", "value": ["c1"]}],
     **{
-        field: [{"field": field, "op": op, "value": "+1555"} for op in ("eq", "ne", "sw", "ew", "co")]
+        field: [{"field": field, "op": op, "value": "+1555"}
+                for op in ("eq", "ne", "sw", "ew", "co")]
         + [{"field": field, "op": "pr"}, {"field": field, "op": "np", "value": None}]
         for field in ("batch_call_id", "from_number", "to_number")
     },
