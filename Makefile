@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-unit lint clean
+.PHONY: help install demo test test-unit lint chaos bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -29,6 +29,12 @@ test-unit: $(STAMP) ## Unit tests only (no services)
 lint: $(STAMP) ## ruff and mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy shared worker scheduler
+
+chaos: $(STAMP) ## Faults on real processes (kill, flush, restart, LLM errors): nothing lost or doubled
+	$(PY) -m chaos
+
+bench: $(STAMP) ## Filter figures on 1,000,000 sessions (DATABASE_URL or embedded Postgres; ~5 min)
+	$(PY) -m bench.filters_bench
 
 clean: ## Stop embedded servers and remove .run/
 	-$(PY) -c "from pathlib import Path; from shared.services import stop_embedded; stop_embedded(Path('.run'))"

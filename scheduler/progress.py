@@ -6,8 +6,18 @@ import time
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
 from scheduler import queries
 from shared.db import Database
@@ -36,10 +46,19 @@ def follow(db: Database, job_id: str, poll_s: float = 0.5) -> dict[str, Any]:
             job = _read_job(db, job_id)
 
 
+class RateColumn(ProgressColumn):
+    """Sessions finished per second, over rich's recent samples (the last 30 s)."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("–/s" if speed is None else f"{speed:.1f}/s", style="progress.data.speed")
+
+
 def _progress_bar() -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeRemainingColumn(), TextColumn("{task.fields[detail]}"), console=stderr,
+        RateColumn(), TimeRemainingColumn(), TextColumn("{task.fields[detail]}"),
+        console=stderr,
     )
 
 
@@ -67,6 +86,17 @@ def print_job(job: dict[str, Any]) -> None:
     stdout.print(table)
     if job["error_kinds"]:
         stdout.print("error kinds: " + ", ".join(f"{k} {n}" for k, n in job["error_kinds"].items()))
+    if job.get("audit"):
+        print_audit(job["audit"])
+
+
+def print_audit(events: list[dict[str, Any]]) -> None:
+    table = Table("when", "who", "action", "reason", title="audit")
+    for event in events:
+        # Reasons are free text: escaped so that "[x]" is not read as rich markup.
+        table.add_row(str(event["at"])[:19], escape(event["actor"]), event["action"],
+                      escape(event["reason"] or ""))
+    stdout.print(table)
 
 
 def print_job_table(jobs: list[dict[str, Any]]) -> None:

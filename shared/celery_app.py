@@ -1,6 +1,14 @@
-"""The Celery app object and task names, shared by the scheduler (sends) and workers (run)."""
+"""The Celery app object and task names, shared by the scheduler (sends) and workers (run),
+and a read-only view of the messages the broker holds (the reconciler's lost-message check)."""
 
 from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from itertools import chain
+from typing import Any
 
 from celery import Celery
 
@@ -39,3 +47,80 @@ def make_celery(settings: Settings) -> Celery:
         task_publish_retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
     )
     return app
+
+
+# --- what the broker holds (for the reconciler) -----------------------------------------------
+
+TaskKey = tuple[str, str]  # (job_id, session_id)
+
+
+@dataclass(frozen=True)
+class BrokerSnapshot:
+    """The analyze_session messages the broker holds: waiting in the queue, or taken by a worker
+    and not acknowledged yet (with the time the worker took it, in epoch seconds)."""
+
+    waiting: frozenset[TaskKey]
+    taken_at: Mapping[TaskKey, float]
+
+    def holds(self, key: TaskKey, taken_since: float) -> bool:
+        """Whether a message for `key` waits, or was taken at or after `taken_since`.
+
+        A live worker claims within milliseconds of taking a message, so a message taken long
+        ago whose item is still queued was taken by a worker that died or could not claim.
+        """
+        return key in self.waiting or self.taken_at.get(key, float("-inf")) >= taken_since
+
+
+def broker_snapshot(app: Celery, queue: str) -> BrokerSnapshot | None:
+    """Read the queue and kombu's `unacked` hash in one MULTI/EXEC.
+
+    None when the broker cannot be inspected this way (not Redis, or a global key prefix):
+    the reconciler then relies on the queued deadline alone.
+    """
+    with app.connection_for_read() as connection:
+        if connection.transport.driver_type != "redis":
+            return None
+        channel = connection.default_channel
+        if getattr(channel, "global_keyprefix", ""):
+            return None
+        return _redis_snapshot(channel, queue)
+
+
+def _redis_snapshot(channel: Any, queue: str) -> BrokerSnapshot:
+    # Priority messages live in sibling lists (queue + sep + priority); read them all.
+    lists = list(dict.fromkeys(channel._q_for_pri(queue, p) for p in channel.priority_steps))
+    with channel.conn_or_acquire() as client, client.pipeline(transaction=True) as pipe:
+        for key in lists:
+            pipe.lrange(key, 0, -1)
+        pipe.hgetall(channel.unacked_key)
+        pipe.zrange(channel.unacked_index_key, 0, -1, withscores=True)
+        *queued, unacked, index = pipe.execute()
+    waiting = {key for raw in chain.from_iterable(queued) if (key := task_key(raw))}
+    delivered = dict(index)
+    taken_at: dict[TaskKey, float] = {}
+    for tag, raw in unacked.items():
+        key = task_key(raw)
+        if key is not None:
+            taken_at[key] = max(taken_at.get(key, 0.0), float(delivered.get(tag, 0.0)))
+    return BrokerSnapshot(frozenset(waiting), taken_at)
+
+
+def task_key(raw: bytes | str) -> TaskKey | None:
+    """(job_id, session_id) of a raw analyze_session message, else None.
+
+    A queued message is kombu's JSON envelope; an unacked entry wraps it as
+    `[envelope, exchange, routing_key]`. The body is Celery protocol 2: `[args, kwargs, embed]`.
+    """
+    try:
+        envelope = json.loads(raw)
+        if isinstance(envelope, list):
+            envelope = envelope[0]
+        if envelope["headers"].get("task") != ANALYZE_SESSION:
+            return None
+        body = envelope["body"]
+        if envelope.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+        return str(args[0]), str(args[1])
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return None  # not ours, or not readable: the reconciler treats its item as unheld

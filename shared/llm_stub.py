@@ -54,13 +54,31 @@ refreshes it, as the real cache does), else a cache write; ``input_tokens`` is t
 
 Faults (``FaultConfig``)
 ------------------------
-- ``fail_session_ids``: ``{session_id: status}``; a request whose message text holds
-  ``session_id=<ID>`` (not followed by a word character or ``-``) always gets that status.
-- ``error_rate`` / ``error_status``: a request fails when
-  ``sha256(body + request_number)`` mapped to [0, 1) is below ``error_rate``, so a given
-  sequence of requests fails the same way on every run.
+A fault is named by an HTTP status (``"429"``, ``"529"``, ``"500"``, ``"401"``, ``"402"``, …),
+answered as that Anthropic error, or by a behaviour:
+
+- ``reset``: the connection is reset (TCP RST) before any answer;
+- ``hang``: no answer for ``hang_s`` seconds (past the client's timeout), then the connection
+  closes;
+- ``malformed_json``: a 200 whose text is cut-off JSON (``stop_reason: "end_turn"``);
+- ``refusal``: a 200 with ``stop_reason: "refusal"``;
+- ``max_tokens``: a 200 whose text is cut at half (``stop_reason: "max_tokens"``).
+
+Which request gets which fault:
+
+- ``fail_session_ids``: ``{session_id: fault}``; a request whose message text holds
+  ``session_id=<ID>`` (not followed by a word character or ``-``) always gets that fault.
+- ``rates``: ``{fault: share}``, and ``error_rate`` / ``error_status`` (one more entry): one
+  draw per request, ``sha256(body + request_number)`` mapped to [0, 1), walks the shares in
+  order (``error_status`` first), so a given sequence of requests fails the same way on every
+  run. The shares add up to at most 1.
 - ``x-api-key: invalid`` gives 401; a missing key gives 401 too. 429 answers carry
-  ``retry-after: 1``.
+  ``retry-after: <retry_after_s>`` (1 by default).
+
+The faults can be changed while the stub runs (a fault burst, then lifting it):
+``GET /_faults`` answers the current ``FaultConfig`` as JSON, ``POST /_faults`` with such a
+JSON object replaces it (unknown keys or faults are a 400). These admin routes take no key: the
+stub is a local test tool and binds to 127.0.0.1 by default.
 
 The handler never logs: request bodies hold transcripts, which are personal data.
 """
@@ -74,6 +92,8 @@ import math
 import re
 import secrets
 import signal
+import socket
+import struct
 import sys
 import threading
 import time
@@ -117,15 +137,76 @@ FORMAT_SAMPLES: dict[str, str] = {
 _TRANSCRIPT_SECTION = re.compile(r"<transcript>(.*?)</transcript>", re.DOTALL)
 _ROLE_PREFIX = re.compile(r"^\s*([A-Za-z][\w-]{0,30})\s*:\s*(.*)$")
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_LINGER_ZERO = struct.pack("ii", 1, 0)
+
+
+# Faults that are not an HTTP status, and the names they may also be given by.
+BEHAVIOURS = frozenset({"reset", "hang", "malformed_json", "refusal", "max_tokens"})
+_FAULT_ALIASES: dict[str, str] = {
+    "connection_reset": "reset", "timeout": "hang", "malformed": "malformed_json",
+}
+
+
+def fault_name(value: int | str) -> str:
+    """The canonical name of a fault: an HTTP status as digits, or a behaviour."""
+    name = str(value).strip().lower()
+    name = _FAULT_ALIASES.get(name, name)
+    if name in BEHAVIOURS:
+        return name
+    if name.isdigit() and 400 <= int(name) <= 599:
+        return name
+    known = ", ".join(sorted(BEHAVIOURS))
+    raise ValueError(f"unknown fault {value!r}: an HTTP status 400-599 or one of {known}")
 
 
 @dataclass(frozen=True)
 class FaultConfig:
-    """Errors to inject: a reproducible share of requests, and fixed answers for some sessions."""
+    """Faults to inject: a reproducible share of requests, and fixed faults for some sessions."""
 
     error_rate: float = 0.0
     error_status: int = 529
-    fail_session_ids: dict[str, int] = field(default_factory=dict)
+    fail_session_ids: Mapping[str, int | str] = field(default_factory=dict)
+    rates: Mapping[str, float] = field(default_factory=dict)
+    retry_after_s: float = 1.0
+    hang_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        # Normalised once, so a typo fails at start-up, not on the thousandth request.
+        sessions = {sid: fault_name(fault) for sid, fault in self.fail_session_ids.items()}
+        rates = {fault_name(fault): float(share) for fault, share in self.rates.items()}
+        object.__setattr__(self, "fail_session_ids", sessions)
+        object.__setattr__(self, "rates", rates)
+        shares = [self.error_rate, *rates.values()]
+        if any(not 0.0 <= share <= 1.0 for share in shares) or sum(shares) > 1.0 + 1e-9:
+            raise ValueError("fault rates must each be in [0, 1] and add up to at most 1")
+        fault_name(self.error_status)
+        if self.retry_after_s < 0 or self.hang_s < 0:
+            raise ValueError("retry_after_s and hang_s must not be negative")
+
+    def draws(self) -> list[tuple[str, float]]:
+        """(fault, share) in draw order: the legacy error_rate entry first."""
+        legacy = [(fault_name(self.error_status), self.error_rate)] if self.error_rate else []
+        return legacy + list(self.rates.items())
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "error_rate": self.error_rate, "error_status": self.error_status,
+            "fail_session_ids": dict(self.fail_session_ids), "rates": dict(self.rates),
+            "retry_after_s": self.retry_after_s, "hang_s": self.hang_s,
+        }
+
+    @classmethod
+    def from_json(cls, document: Any) -> FaultConfig:
+        """The admin endpoint's body; raises ValueError naming what is wrong."""
+        if not isinstance(document, Mapping):
+            raise ValueError("faults must be a JSON object")
+        unknown = set(document) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown fault settings: {', '.join(sorted(unknown))}")
+        try:
+            return cls(**document)
+        except (TypeError, AttributeError) as exc:
+            raise ValueError(f"bad fault settings: {exc}") from exc
 
 
 class ApiError(Exception):
@@ -149,6 +230,13 @@ class StubServer(ThreadingHTTPServer):
         self.request_count = 0
         self._lock = threading.Lock()
         self._cache: dict[str, float] = {}
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away (a killed worker, a timed-out call) is routine, not an
+        error worth a traceback."""
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            return
+        super().handle_error(request, client_address)
 
     def next_request_number(self) -> int:
         """Count a Messages request; the number also seeds the error-rate draw."""
@@ -423,14 +511,37 @@ def _validate_message_list(messages: Any) -> None:
 # --- faults -----------------------------------------------------------------------------------
 
 
-def inject_faults(faults: FaultConfig, body: Mapping[str, Any], raw: bytes, number: int) -> None:
-    """Raise the configured error for this request, if any."""
+class ConnectionFault(Exception):
+    """A fault answered at the connection level (reset, hang) instead of with an HTTP answer."""
+
+    def __init__(self, behaviour: str, hang_s: float = 0.0) -> None:
+        super().__init__(behaviour)
+        self.behaviour = behaviour
+        self.hang_s = hang_s
+
+
+def pick_fault(faults: FaultConfig, body: Mapping[str, Any], raw: bytes, number: int) -> str | None:
+    """The fault this request gets, if any: a session rule first, then the rate draw."""
     text = _messages_text(body.get("messages", []))
-    for session_id, status in faults.fail_session_ids.items():
+    for session_id, fault in faults.fail_session_ids.items():
         if re.search(rf"session_id={re.escape(session_id)}(?![\w-])", text):
-            raise ApiError(status, f"injected fault for session {session_id}")
-    if faults.error_rate > 0 and _draw(raw, number) < faults.error_rate:
-        raise ApiError(faults.error_status, _fault_message(faults.error_status))
+            return str(fault)
+    draws = faults.draws()
+    if not draws:
+        return None
+    point, ceiling = _draw(raw, number), 0.0
+    for fault, share in draws:
+        ceiling += share
+        if point < ceiling:
+            return fault
+    return None
+
+
+def raise_status_fault(fault: str) -> None:
+    """An HTTP-status fault becomes the Anthropic error for that status."""
+    if fault.isdigit():
+        status = int(fault)
+        raise ApiError(status, _fault_message(status))
 
 
 def _draw(raw: bytes, number: int) -> float:
@@ -546,8 +657,25 @@ def _cut_to_max_tokens(text: str, max_tokens: int) -> tuple[list[dict[str, Any]]
     return [{"type": "text", "text": text[: max_tokens * CHARS_PER_TOKEN]}], "max_tokens"
 
 
-def build_message(server: StubServer, body: Mapping[str, Any]) -> dict[str, Any]:
-    content, stop_reason = answer_content(body)
+REFUSAL_TEXT = "I can't help with analysing this conversation."
+
+
+def faulty_content(body: Mapping[str, Any], fault: str) -> tuple[list[dict[str, Any]], str]:
+    """A 200 answer that is wrong in the way ``fault`` names (see the module doc)."""
+    if fault == "refusal":
+        return [{"type": "text", "text": REFUSAL_TEXT}], "refusal"
+    content, _ = answer_content(body)
+    block = content[0]
+    text = block["text"] if block["type"] == "text" else json.dumps(block["input"])
+    # Any proper prefix of a JSON object is not JSON, so half the real answer never parses.
+    cut = [{"type": "text", "text": text[: max(1, len(text) // 2)]}]
+    return cut, "max_tokens" if fault == "max_tokens" else "end_turn"
+
+
+def build_message(
+    server: StubServer, body: Mapping[str, Any], fault: str | None = None
+) -> dict[str, Any]:
+    content, stop_reason = faulty_content(body, fault) if fault else answer_content(body)
     return {
         "id": "msg_" + secrets.token_hex(12),
         "type": "message",
@@ -582,8 +710,13 @@ def handle_messages(server: StubServer, headers: Mapping[str, str], raw: bytes) 
     check_api_key(headers)
     body = parse_body(raw)
     validate_messages_request(body)
-    inject_faults(server.faults, body, raw, number)
-    return 200, build_message(server, body)
+    faults = server.faults  # one read: an admin update mid-request applies to the next one
+    fault = pick_fault(faults, body, raw, number)
+    if fault in ("reset", "hang"):
+        raise ConnectionFault(fault, faults.hang_s)
+    if fault is not None:
+        raise_status_fault(fault)
+    return 200, build_message(server, body, fault)
 
 
 def handle_count_tokens(headers: Mapping[str, str], raw: bytes) -> Answer:
@@ -591,6 +724,16 @@ def handle_count_tokens(headers: Mapping[str, str], raw: bytes) -> Answer:
     body = parse_body(raw)
     _validate_message_list(body.get("messages"))
     return 200, {"input_tokens": count_input_tokens(body)}
+
+
+def handle_faults(server: StubServer, method: str, raw: bytes) -> Answer:
+    """``GET`` shows the faults, ``POST`` replaces them (the chaos driver lifts a burst)."""
+    if method == "POST":
+        try:
+            server.faults = FaultConfig.from_json(parse_body(raw))
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from exc
+    return 200, server.faults.as_json()
 
 
 def route(
@@ -603,6 +746,8 @@ def route(
         return handle_messages(server, headers, raw)
     if (method, path) == ("POST", "/v1/messages/count_tokens"):
         return handle_count_tokens(headers, raw)
+    if path == "/_faults" and method in ("GET", "POST"):
+        return handle_faults(server, method, raw)
     raise ApiError(404, f"no route for {method} {path}")
 
 
@@ -637,11 +782,28 @@ class _Handler(BaseHTTPRequestHandler):
             status, payload = route(self.server, method, self.path, headers, raw)
         except ApiError as error:
             status, payload = error.status, error_payload(error, request_id)
+        except ConnectionFault as fault:
+            self._break_connection(fault)
+            return
         try:
             self._send_json(status, payload, request_id)
         except (BrokenPipeError, ConnectionResetError):
             # The client gave up (its timeout fired during the latency sleep): nothing to answer.
             self.close_connection = True
+
+    def _break_connection(self, fault: ConnectionFault) -> None:
+        """No HTTP answer at all: wait out a hang, then reset the connection (RST, not FIN)."""
+        if fault.behaviour == "hang":
+            time.sleep(fault.hang_s)
+        self.close_connection = True
+        try:
+            # Linger 0 makes close() send RST; the read buffer holds the socket open until
+            # it is closed too, so both go now and the client sees a reset at once.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+            self.rfile.close()
+            self.connection.close()
+        except OSError:
+            pass  # the client already gave up on this connection
 
     def _read_body(self) -> bytes:
         # Reading the whole body, even for errors, keeps a kept-alive connection in step.
@@ -672,7 +834,7 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in RATE_LIMIT_HEADERS.items():
             self.send_header(name, value)
         if status == 429:
-            self.send_header("retry-after", "1")
+            self.send_header("retry-after", f"{self.server.faults.retry_after_s:g}")
         self.end_headers()
         self.wfile.write(data)
 
@@ -726,11 +888,33 @@ def _restore_signals(previous: dict[int, SignalHandler]) -> None:
         signal.signal(sig, handler)
 
 
-def _session_fault(text: str) -> tuple[str, int]:
-    session_id, sep, status = text.rpartition("=")
-    if not sep or not session_id or not status.isdigit():
-        raise argparse.ArgumentTypeError(f"expected SESSION_ID=STATUS, got {text!r}")
-    return session_id, int(status)
+def parse_assignment(text: str, what: str) -> tuple[str, str]:
+    """``KEY=VALUE`` (the key may itself hold ``=``: the last one splits)."""
+    key, sep, value = text.rpartition("=")
+    if not sep or not key or not value:
+        raise ValueError(f"expected {what}, got {text!r}")
+    return key, value
+
+
+def faults_from_flags(
+    *,
+    error_rate: float = 0.0,
+    error_status: int = 529,
+    fail_sessions: Iterable[str] = (),
+    rates: Iterable[str] = (),
+    retry_after_s: float = 1.0,
+    hang_s: float = 30.0,
+) -> FaultConfig:
+    """The command-line flags (``ID=FAULT``, ``FAULT=RATE``) as a FaultConfig."""
+    sessions = dict(parse_assignment(text, "SESSION_ID=FAULT") for text in fail_sessions)
+    shares: dict[str, float] = {}
+    for text in rates:
+        fault, share = parse_assignment(text, "FAULT=RATE")
+        try:
+            shares[fault] = float(share)
+        except ValueError as exc:
+            raise ValueError(f"rate of {fault!r} is not a number: {share!r}") from exc
+    return FaultConfig(error_rate, error_status, sessions, shares, retry_after_s, hang_s)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -743,19 +927,30 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--error-rate", type=float, default=0.0, help="share of requests to fail")
     parser.add_argument("--error-status", type=int, default=529, help="status of those failures")
     parser.add_argument(
-        "--fail-session",
-        type=_session_fault,
-        action="append",
-        default=[],
-        metavar="ID=STATUS",
-        help="always answer STATUS when the prompt holds session_id=ID",
+        "--fault", action="append", default=[], metavar="FAULT=RATE",
+        help="fail this share of requests with FAULT (a status or " + ", ".join(sorted(BEHAVIOURS))
+        + "); repeatable",
     )
+    parser.add_argument(
+        "--fail-session", action="append", default=[], metavar="ID=FAULT",
+        help="always answer FAULT when the prompt holds session_id=ID; repeatable",
+    )
+    parser.add_argument("--retry-after", type=float, default=1.0, help="retry-after of 429s")
+    parser.add_argument("--hang-s", type=float, default=30.0, help="how long a hang lasts")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
-    faults = FaultConfig(args.error_rate, args.error_status, dict(args.fail_session))
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        faults = faults_from_flags(
+            error_rate=args.error_rate, error_status=args.error_status,
+            fail_sessions=args.fail_session, rates=args.fault,
+            retry_after_s=args.retry_after, hang_s=args.hang_s,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
     serve(args.host, args.port, args.latency_ms, faults)
 
 

@@ -120,8 +120,20 @@ class SessionRecord(Base):
     __table_args__ = (
         Index("ix_sessions_ws_kind_start", "workspace_id", "kind", "start_timestamp"),
         Index("ix_sessions_ws_kind_agent", "workspace_id", "kind", "agent_id", "agent_version"),
+        # Agent + time window, the usual backfill: reads only the window's part of each agent
+        # (bench/filters_bench.py: preview and expansion about 2x faster on 1M sessions).
+        Index("ix_sessions_ws_kind_agent_start", "workspace_id", "kind", "agent_id",
+              "start_timestamp"),
         Index("ix_sessions_ws_kind_status", "workspace_id", "kind", "status"),
         Index("ix_sessions_transfer_agents", "transfer_agent_ids", postgresql_using="gin"),
+        # `from_number sw` is LIKE 'prefix%': text_pattern_ops serves it whatever the collation,
+        # and INCLUDE (session_id) lets the expansion take the ids from the index alone
+        # (bench/filters_bench.py: preview ~15x, expansion ~2x faster than a scan).
+        Index(
+            "ix_sessions_ws_kind_from_number", "workspace_id", "kind", "from_number",
+            postgresql_ops={"from_number": "text_pattern_ops"},
+            postgresql_include=["session_id"],
+        ),
         Index(
             "ix_sessions_metadata", "metadata", postgresql_using="gin",
             postgresql_ops={"metadata": "jsonb_path_ops"},

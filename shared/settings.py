@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -39,12 +39,27 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = Field(3600, alias="BACKFILL_VISIBILITY_TIMEOUT_S")
     dispatch_window: int = Field(200, alias="BACKFILL_DISPATCH_WINDOW")
     dispatch_interval_s: float = Field(0.5, alias="BACKFILL_DISPATCH_INTERVAL_S")
-    lease_s: int = Field(600, alias="BACKFILL_LEASE_S")
-    queued_deadline_s: int = Field(1800, alias="BACKFILL_QUEUED_DEADLINE_S")
     queue_name: str = Field("backfill", alias="BACKFILL_QUEUE")
+
+    # Leases and the reconciler. A claim's lease is renewed by its worker's heartbeat (every
+    # third of the lease) while the task runs, so the lease measures whether the worker is
+    # alive, not how long an LLM call takes: a killed worker's items go back after `lease_s`,
+    # however long LLM calls may be. Too short only costs duplicate LLM calls (the result
+    # write is fenced on the attempt), never a double write.
+    lease_s: float = Field(60, alias="BACKFILL_LEASE_S")
+    # How often the scheduler reconciles (expired leases, lost messages).
+    reconcile_interval_s: float = Field(5.0, alias="BACKFILL_RECONCILE_INTERVAL_S")
+    # A queued item whose message is neither waiting in the broker nor held by a worker that
+    # took it within this grace is re-dispatched (a flushed broker, a worker killed before its
+    # claim, a claim that failed because Postgres was away).
+    lost_message_grace_s: float = Field(30.0, alias="BACKFILL_LOST_MESSAGE_GRACE_S")
+    # Without a broker that can be inspected, a queued item older than this is re-dispatched.
+    queued_deadline_s: float = Field(1800, alias="BACKFILL_QUEUED_DEADLINE_S")
 
     # Database
     db_statement_timeout_ms: int = Field(30000, alias="BACKFILL_DB_STATEMENT_TIMEOUT_MS")
+    # Expanding a job (one INSERT … SELECT over millions of sessions) gets its own bound.
+    db_expansion_timeout_ms: int = Field(900000, alias="BACKFILL_DB_EXPANSION_TIMEOUT_MS")
     db_connect_timeout_s: int = Field(10, alias="BACKFILL_DB_CONNECT_TIMEOUT_S")
     db_pool_size: int = Field(10, alias="BACKFILL_DB_POOL_SIZE")
 
@@ -52,6 +67,27 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(32, alias="BACKFILL_WORKER_CONCURRENCY")
 
     max_filter_rows: int = Field(50, alias="BACKFILL_MAX_FILTER_ROWS")
+
+    @model_validator(mode="after")
+    def _below_visibility_timeout(self) -> Settings:
+        """A message is redelivered once unacknowledged for the visibility timeout, so every
+        wait and every task must end well before it (DESIGN: "visibility timeout well above
+        the longest task (including backoff)")."""
+        if self.retry_cap_s >= self.visibility_timeout_s:
+            raise ValueError("BACKFILL_RETRY_CAP_S must be below BACKFILL_VISIBILITY_TIMEOUT_S")
+        if self.task_deadline_s >= self.visibility_timeout_s:
+            raise ValueError("BACKFILL_LLM_TIMEOUT_S plus the database timeouts must stay "
+                             "below BACKFILL_VISIBILITY_TIMEOUT_S")
+        if self.lease_s <= 0:
+            raise ValueError("BACKFILL_LEASE_S must be positive")
+        return self
+
+    @property
+    def task_deadline_s(self) -> float:
+        """The longest one task can legitimately run: its LLM call plus a few database
+        transactions (claim, load, write, failure), each bounded by its own timeouts."""
+        per_transaction = self.db_statement_timeout_ms / 1000 + self.db_connect_timeout_s
+        return self.llm_timeout_s + 4 * per_transaction
 
     @property
     def llm_mode(self) -> Literal["anthropic", "stub"]:

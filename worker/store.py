@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import text
+from sqlalchemy import CursorResult, text
 from sqlalchemy.orm import Session
 
 from shared.analysis import AgentVersionInfo
@@ -46,13 +46,34 @@ _CLAIM = text("""
 """)
 
 
-def claim_item(db: Session, job_id: str, session_id: str, lease_s: int) -> Claim | None:
+def claim_item(db: Session, job_id: str, session_id: str, lease_s: float) -> Claim | None:
     row = db.execute(
         _CLAIM, {"job_id": job_id, "session_id": session_id, "lease_s": lease_s}
     ).one_or_none()
     if row is None:
         return None
     return Claim(job_id, session_id, attempt=row.attempts, started_at=row.started_at)
+
+
+_RENEW_LEASES = text("""
+    UPDATE backfill_items AS i
+       SET lease_expires_at = clock_timestamp() + make_interval(secs => :lease_s)
+      FROM unnest(CAST(:job_ids AS text[]), CAST(:session_ids AS text[]),
+                  CAST(:attempts AS integer[])) AS c(job_id, session_id, attempt)
+     WHERE i.job_id = c.job_id AND i.session_id = c.session_id
+       AND i.state = 'running' AND i.attempts = c.attempt
+""")
+
+
+def renew_leases(db: Session, claims: list[Claim], lease_s: float) -> int:
+    """Extend the leases of claims still ours (fenced on the attempt, like every write)."""
+    if not claims:
+        return 0
+    result = cast(CursorResult[Any], db.execute(_RENEW_LEASES, {
+        "lease_s": lease_s, "job_ids": [c.job_id for c in claims],
+        "session_ids": [c.session_id for c in claims], "attempts": [c.attempt for c in claims],
+    }))
+    return result.rowcount
 
 
 _RELEASE_UNCLAIMABLE = text("""

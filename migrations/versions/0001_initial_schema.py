@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-26 02:19:29.365837
+Create Date: 2026-11-26 02:39:09.986050
 """
 from collections.abc import Sequence
 
@@ -113,6 +113,8 @@ def upgrade() -> None:
     op.create_index('ix_sessions_metadata', 'sessions', ['metadata'], unique=False, postgresql_using='gin', postgresql_ops={'metadata': 'jsonb_path_ops'})
     op.create_index('ix_sessions_transfer_agents', 'sessions', ['transfer_agent_ids'], unique=False, postgresql_using='gin')
     op.create_index('ix_sessions_ws_kind_agent', 'sessions', ['workspace_id', 'kind', 'agent_id', 'agent_version'], unique=False)
+    op.create_index('ix_sessions_ws_kind_agent_start', 'sessions', ['workspace_id', 'kind', 'agent_id', 'start_timestamp'], unique=False)
+    op.create_index('ix_sessions_ws_kind_from_number', 'sessions', ['workspace_id', 'kind', 'from_number'], unique=False, postgresql_ops={'from_number': 'text_pattern_ops'}, postgresql_include=['session_id'])
     op.create_index('ix_sessions_ws_kind_start', 'sessions', ['workspace_id', 'kind', 'start_timestamp'], unique=False)
     op.create_index('ix_sessions_ws_kind_status', 'sessions', ['workspace_id', 'kind', 'status'], unique=False)
     op.create_table('analysis_runs',
@@ -169,6 +171,8 @@ def downgrade() -> None:
     op.drop_table('analysis_runs')
     op.drop_index('ix_sessions_ws_kind_status', table_name='sessions')
     op.drop_index('ix_sessions_ws_kind_start', table_name='sessions')
+    op.drop_index('ix_sessions_ws_kind_from_number', table_name='sessions', postgresql_ops={'from_number': 'text_pattern_ops'}, postgresql_include=['session_id'])
+    op.drop_index('ix_sessions_ws_kind_agent_start', table_name='sessions')
     op.drop_index('ix_sessions_ws_kind_agent', table_name='sessions')
     op.drop_index('ix_sessions_transfer_agents', table_name='sessions', postgresql_using='gin')
     op.drop_index('ix_sessions_metadata', table_name='sessions', postgresql_using='gin', postgresql_ops={'metadata': 'jsonb_path_ops'})

@@ -196,7 +196,7 @@ def test_operator_flow_requeue_pause_resume_cancel(imported: Any, db: Database) 
     final = backfill_json(imported.env, "watch", job["id"])
     assert (final["state"], final["counts"]["succeeded"], final["counts"]["failed"]) == (
         "completed", 1, 0)
-    result = backfill(imported.env, "pause", job["id"], expect=2)
+    result = backfill(imported.env, "pause", job["id"], "--reason", "test", expect=2)
     assert "completed" in result.stderr
 
 
@@ -207,13 +207,15 @@ def test_pause_resume_cancel(imported: Any, db: Database) -> None:
                         " matched) VALUES ('bf_cancel_me', 'ws_acme', 'call', '[]', 'paused', 2)"))
         tx.execute(text("INSERT INTO backfill_items (job_id, session_id) VALUES"
                         " ('bf_cancel_me', 'call_001'), ('bf_cancel_me', 'call_002')"))
-    refused = backfill(imported.env, "pause", "bf_cancel_me", expect=2)  # already paused
+    refused = backfill(imported.env, "pause", "bf_cancel_me", "--reason", "test",
+                       expect=2)  # already paused
     assert "is paused" in refused.stderr
     backfill(imported.env, "cancel", "bf_cancel_me", "--reason", "changed my mind")
     final = backfill_json(imported.env, "show", "bf_cancel_me")
     assert (final["state"], final["state_reason"]) == ("cancelled", "changed my mind")
     assert (final["counts"]["cancelled"], final["counts"]["pending"]) == (2, 0)
-    assert "cancelled" in backfill(imported.env, "requeue", "bf_cancel_me", expect=2).stderr
+    assert "cancelled" in backfill(imported.env, "requeue", "bf_cancel_me", "--reason", "test",
+                                  expect=2).stderr
 
 
 def test_rerun_one_session(imported: Any) -> None:

@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`). Each module runs as `python -m bench.<name>` and prints figures."""

@@ -1,0 +1,352 @@
+"""HTTP API for the Actions menu and integrations (`backfill api`): FastAPI on uvicorn.
+
+Shapes are those of DESIGN.md ("HTTP shapes", job and session JSON). Endpoints are plain `def`
+functions over sync SQLAlchemy; FastAPI runs them in its thread pool. One `Database` per app,
+built in the lifespan from settings, so importing this module opens no connection.
+
+Tenancy: the workspace comes from the caller's API key (see `api_guard`), never from a body,
+and every lookup filters by it in SQL, so another workspace's job or session is a 404.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import (
+    APIRouter,
+    Depends,
+    FastAPI,
+    Header,
+    HTTPException,
+    Query,
+    Request,
+    Response,
+    Security,
+)
+from fastapi import Path as PathParam
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import AfterValidator, StringConstraints
+from sqlalchemy import text
+
+from scheduler import api_errors, operations, planner, queries
+from scheduler.api_guard import PRINCIPAL, RequestGuard
+from scheduler.api_models import (
+    CreateRequest,
+    ErrorBody,
+    Health,
+    ItemPage,
+    ItemState,
+    Job,
+    JobPage,
+    Preview,
+    PreviewRequest,
+    ReasonRequest,
+    Requeued,
+    RequeueRequest,
+    Rerun,
+    RerunRequest,
+    SessionAnalysis,
+    storable,
+)
+from scheduler.auth import Principal
+from shared.db import Database
+from shared.errors import NotFound
+from shared.services import broker_reachable, redis_client_url
+from shared.settings import Settings, get_settings
+
+API_POOL_SIZE = 10
+MAX_ID_LENGTH = 128
+RERUN_POLL_S = 0.2
+
+bearer = HTTPBearer(auto_error=False, scheme_name="ApiKey",
+                    description="A workspace API key (`backfill api-key create --workspace W`).")
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _error("The body is not JSON."),
+    401: _error("Missing, unknown or revoked API key."),
+    413: _error("The body is larger than 1 MiB."),
+    422: _error("Invalid input; filter errors name `filters[i]`."),
+    503: _error("The database is unavailable."),
+}
+Responses = dict[int | str, dict[str, Any]]
+NOT_FOUND: Responses = {404: _error("No such job or session in the key's workspace.")}
+CONFLICT: Responses = {409: _error("The job's state does not allow this action.")}
+
+
+# ------------------------------------------------------------------------------ dependencies
+
+
+def _principal(
+    request: Request,
+    _: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
+) -> Principal:
+    principal = request.scope.get("state", {}).get(PRINCIPAL)
+    if not isinstance(principal, Principal):
+        # The guard authenticates every /v1 request before routing; this is the backstop.
+        raise HTTPException(401, "a valid API key is required",
+                            headers={"WWW-Authenticate": "Bearer"})
+    return principal
+
+
+def _database(request: Request) -> Database:
+    db: Database = request.app.state.db
+    return db
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+Caller = Annotated[Principal, Depends(_principal)]
+Db = Annotated[Database, Depends(_database)]
+Conf = Annotated[Settings, Depends(_settings)]
+JobId = Annotated[str, PathParam(description="A job id (`bf_…`).")]
+SessionId = Annotated[str, PathParam(description="A call_id or chat_id.")]
+Cursor = Annotated[str | None, Query(max_length=2000, description="`next_cursor` of the "
+                                                                   "previous page.")]
+Limit = Annotated[int, Query(ge=1, le=queries.MAX_PAGE)]
+KeyText = Annotated[str, StringConstraints(min_length=1, max_length=200),
+                    AfterValidator(storable)]
+IdempotencyKey = Annotated[
+    KeyText | None,
+    Header(alias="Idempotency-Key", description="Reuse answers 200 with the same job."),
+]
+
+
+def _known(identifier: str) -> str:
+    """An id that no row can have (NUL, or longer than any id column) is simply not found,
+    rather than an error from the database."""
+    try:
+        storable(identifier)
+    except ValueError:
+        raise NotFound("no such object") from None
+    if len(identifier) > MAX_ID_LENGTH:
+        raise NotFound(f"no object {identifier[:MAX_ID_LENGTH]!r}…")
+    return identifier
+
+
+# ------------------------------------------------------------------------------ backfills
+
+v1 = APIRouter(prefix="/v1", responses=COMMON_ERRORS)
+
+
+@v1.post("/backfills/preview", response_model=Preview, tags=["backfills"])
+def preview_backfill(body: PreviewRequest, caller: Caller, db: Db, settings: Conf
+                     ) -> dict[str, Any]:
+    """How many sessions a backfill with these filters and options would take now."""
+    matched = planner.preview(db, settings, caller.workspace_id, body.kind, body.filters,
+                              options=body.options)
+    return {"matched": matched}
+
+
+@v1.post("/backfills", status_code=201, response_model=Job, response_model_exclude_unset=True,
+         responses={200: {"model": Job,
+                          "description": "The job created earlier with this Idempotency-Key."}},
+         tags=["backfills"])
+def create_backfill(body: CreateRequest, caller: Caller, db: Db, settings: Conf,
+                    response: Response, idempotency_key: IdempotencyKey = None
+                    ) -> dict[str, Any]:
+    """Create a backfill job in the key's workspace; the scheduler dispatches it."""
+    created = operations.create_job(
+        db, settings, caller.workspace_id, body.kind, body.filters, actor=caller.actor,
+        options=body.options, idempotency_key=idempotency_key, reason=body.reason,
+    )
+    if not created.created:
+        response.status_code = 200
+    return _job(db, created.job_id, caller)
+
+
+@v1.get("/backfills", response_model=JobPage, tags=["backfills"])
+def list_backfills(caller: Caller, db: Db, cursor: Cursor = None,
+                   limit: Limit = queries.DEFAULT_PAGE) -> dict[str, Any]:
+    """The workspace's jobs, newest first."""
+    with db.transaction() as tx:
+        return queries.jobs_page(tx, caller.workspace_id, cursor=cursor, limit=limit).as_json()
+
+
+@v1.get("/backfills/{job_id}", response_model=Job, responses=NOT_FOUND, tags=["backfills"])
+def get_backfill(job_id: JobId, caller: Caller, db: Db) -> dict[str, Any]:
+    """One job: state, counts by item state, error kinds, audit trail."""
+    return _job(db, _known(job_id), caller)
+
+
+@v1.post("/backfills/{job_id}/pause", response_model=Job, responses=NOT_FOUND | CONFLICT,
+         tags=["operations"])
+def pause_backfill(job_id: JobId, caller: Caller, db: Db,
+                   body: ReasonRequest | None = None) -> dict[str, Any]:
+    """Stop dispatching (calls in flight finish). Only a running job pauses."""
+    operations.pause(db, _known(job_id), actor=caller.actor, reason=_reason(body),
+                     workspace_id=caller.workspace_id)
+    return _job(db, job_id, caller)
+
+
+@v1.post("/backfills/{job_id}/resume", response_model=Job, responses=NOT_FOUND | CONFLICT,
+         tags=["operations"])
+def resume_backfill(job_id: JobId, caller: Caller, db: Db,
+                    body: ReasonRequest | None = None) -> dict[str, Any]:
+    """Dispatch a paused job again."""
+    operations.resume(db, _known(job_id), actor=caller.actor, reason=_reason(body),
+                      workspace_id=caller.workspace_id)
+    return _job(db, job_id, caller)
+
+
+@v1.post("/backfills/{job_id}/cancel", response_model=Job, responses=NOT_FOUND | CONFLICT,
+         tags=["operations"])
+def cancel_backfill(job_id: JobId, caller: Caller, db: Db,
+                    body: ReasonRequest | None = None) -> dict[str, Any]:
+    """Pending and queued items end as cancelled; running ones finish their call."""
+    operations.cancel(db, _known(job_id), actor=caller.actor, reason=_reason(body),
+                      workspace_id=caller.workspace_id)
+    return _job(db, job_id, caller)
+
+
+@v1.post("/backfills/{job_id}/requeue", response_model=Requeued,
+         responses=NOT_FOUND | CONFLICT, tags=["operations"])
+def requeue_backfill(job_id: JobId, caller: Caller, db: Db,
+                     body: RequeueRequest | None = None) -> dict[str, Any]:
+    """Failed items back to pending (every failed item when the body is empty); a completed
+    job runs again."""
+    request = body or RequeueRequest()
+    count = operations.requeue(
+        db, _known(job_id), actor=caller.actor, error_kinds=request.error_kinds,
+        session_ids=request.session_ids, dry_run=request.dry_run, reason=request.reason,
+        workspace_id=caller.workspace_id,
+    )
+    return {"requeued": count, "dry_run": request.dry_run}
+
+
+@v1.get("/backfills/{job_id}/items", response_model=ItemPage, responses=NOT_FOUND,
+        tags=["backfills"])
+def list_items(job_id: JobId, caller: Caller, db: Db, state: ItemState | None = None,
+               cursor: Cursor = None, limit: Limit = queries.DEFAULT_PAGE) -> dict[str, Any]:
+    """A job's items by session id (`?state=failed` for the failures)."""
+    with db.transaction() as tx:
+        page = queries.items_page(tx, _known(job_id), workspace_id=caller.workspace_id,
+                                  state=state, cursor=cursor, limit=limit)
+    return page.as_json()
+
+
+# ------------------------------------------------------------------------------ sessions
+
+
+@v1.get("/sessions/{session_id}/analysis", response_model=SessionAnalysis,
+        response_model_exclude_unset=True, responses=NOT_FOUND, tags=["sessions"])
+def get_analysis(session_id: SessionId, caller: Caller, db: Db) -> dict[str, Any]:
+    """The session's current analysis and its provenance."""
+    with db.transaction() as tx:
+        return queries.session_json(tx, _known(session_id), caller.workspace_id)
+
+
+@v1.post("/sessions/{session_id}/rerun", status_code=202, response_model=Rerun,
+         response_model_exclude_unset=True,
+         responses={**NOT_FOUND, 200: {"model": Rerun, "description": "Waited: the job ended."}},
+         tags=["sessions"])
+def rerun_session(
+    session_id: SessionId, caller: Caller, db: Db, settings: Conf, response: Response,
+    body: RerunRequest | None = None,
+    wait: Annotated[bool, Query(description="Answer when the rerun has finished.")] = False,
+    timeout_s: Annotated[float, Query(gt=0, le=300)] = 60.0,
+) -> dict[str, Any]:
+    """Re-analyse one session now with the latest draft configuration, as a one-item job."""
+    job_id = operations.rerun_session(db, settings, _known(session_id), actor=caller.actor,
+                                      workspace_id=caller.workspace_id)
+    job = _wait_for(db, job_id, caller, timeout_s) if wait else _job(db, job_id, caller)
+    if job["state"] == "running":
+        return {"job": job, "analysis": None}
+    response.status_code = 200
+    done = job["state"] == "completed" and job["counts"]["succeeded"] == 1
+    with db.transaction() as tx:
+        analysis = queries.session_json(tx, session_id, caller.workspace_id) if done else None
+    return {"job": job, "analysis": analysis}
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _job(db: Database, job_id: str, caller: Principal) -> dict[str, Any]:
+    with db.transaction() as tx:
+        return queries.job_json(tx, job_id, caller.workspace_id)
+
+
+def _reason(body: ReasonRequest | None) -> str | None:
+    return body.reason if body else None
+
+
+def _wait_for(db: Database, job_id: str, caller: Principal, timeout_s: float) -> dict[str, Any]:
+    """Poll the job's SQL counts until it leaves `running` or the timeout passes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        job = _job(db, job_id, caller)
+        if job["state"] != "running" or time.monotonic() >= deadline:
+            return job
+        time.sleep(RERUN_POLL_S)
+
+
+# ------------------------------------------------------------------------------ health
+
+
+def healthz(request: Request) -> JSONResponse:
+    """Postgres answers a query and the broker answers PING. No key needed."""
+    settings: Settings = request.app.state.settings
+    postgres = _postgres_ok(request.app.state.db)
+    broker = bool(settings.broker_url) and broker_reachable(
+        redis_client_url(settings.broker_url or ""), timeout_s=2.0)
+    document = {
+        "status": "ok" if postgres and broker else "unavailable",
+        "postgres": "ok" if postgres else "unavailable",
+        "broker": "ok" if broker else "unavailable",
+    }
+    return JSONResponse(document, status_code=200 if postgres and broker else 503)
+
+
+def _postgres_ok(db: Database) -> bool:
+    try:
+        with db.transaction() as tx:
+            tx.execute(text("SELECT 1"))
+    except Exception:  # any failure means "not healthy"; the body says which service
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------------ app
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The ASGI app. Settings are read when the app starts, not when it is built."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        resolved = settings or get_settings()
+        app.state.settings = resolved
+        app.state.db = Database.from_settings(resolved, pool_size=API_POOL_SIZE)
+        try:
+            yield
+        finally:
+            app.state.db.dispose()
+
+    app = FastAPI(
+        title="Post-call analysis backfill",
+        version="1",
+        summary="Re-run post-call/post-chat analysis over session history.",
+        description="Every `/v1` endpoint needs `Authorization: Bearer <API key>`; the key "
+                    "decides the workspace. Errors answer `{\"error\": {\"type\", "
+                    "\"message\"}}`.",
+        lifespan=lifespan,
+    )
+    api_errors.install(app)
+    app.add_middleware(RequestGuard)
+    app.include_router(v1)
+    app.add_api_route("/healthz", healthz, methods=["GET"], response_model=Health,
+                      responses={503: {"model": Health, "description": "A service is down."}},
+                      tags=["health"])
+    return app
