@@ -33,8 +33,10 @@ lint: $(STAMP) ## ruff and mypy
 chaos: $(STAMP) ## Faults on real processes (kill, flush, restart, LLM errors): nothing lost or doubled
 	$(PY) -m chaos
 
-bench: $(STAMP) ## Filter figures on 1,000,000 sessions (DATABASE_URL or embedded Postgres; ~5 min)
-	$(PY) -m bench.filters_bench
+BENCH ?= all
+bench: $(STAMP) ## Filter figures on 1M sessions, then pipeline figures (a)-(e); BENCH=filters|pipeline for one (~15 min)
+	@if [ "$(BENCH)" = all ] || [ "$(BENCH)" = filters ]; then $(PY) -m bench.filters_bench; fi
+	@if [ "$(BENCH)" = all ] || [ "$(BENCH)" = pipeline ]; then $(PY) -m bench.pipeline_bench; fi
 
 clean: ## Stop embedded servers and remove .run/
 	-$(PY) -c "from pathlib import Path; from shared.services import stop_embedded; stop_embedded(Path('.run'))"

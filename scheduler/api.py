@@ -143,10 +143,10 @@ v1 = APIRouter(prefix="/v1", responses=COMMON_ERRORS)
 @v1.post("/backfills/preview", response_model=Preview, tags=["backfills"])
 def preview_backfill(body: PreviewRequest, caller: Caller, db: Db, settings: Conf
                      ) -> dict[str, Any]:
-    """How many sessions a backfill with these filters and options would take now."""
-    matched = planner.preview(db, settings, caller.workspace_id, body.kind, body.filters,
-                              options=body.options)
-    return {"matched": matched}
+    """How many sessions a backfill with these filters and options would take now, and the
+    estimated tokens and USD of analysing them."""
+    return planner.preview_estimate(db, settings, caller.workspace_id, body.kind, body.filters,
+                                    options=body.options)
 
 
 @v1.post("/backfills", status_code=201, response_model=Job, response_model_exclude_unset=True,

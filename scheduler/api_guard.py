@@ -9,8 +9,10 @@ dependencies, so a dependency could not give the key precedence; this middleware
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
 from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
@@ -33,7 +35,7 @@ class RequestGuard:
         if scope["type"] != "http" or not _protected(scope["path"]):
             await self.app(scope, receive, send)
             return
-        refusal = await self._authenticate(scope)
+        refusal = await self._authenticate(scope) or _repeated_query_parameter(scope)
         body = b""
         if refusal is None:
             refusal, body = await self._read_body(scope, receive)
@@ -106,6 +108,17 @@ def _is_json(body: bytes) -> bool:
     except (ValueError, RecursionError):
         return False
     return True
+
+
+def _repeated_query_parameter(scope: Scope) -> Responder | None:
+    """Every query parameter is a single value; the framework would silently keep the last
+    of several, so a repeated one is refused instead of half-honoured."""
+    query = scope.get("query_string", b"").decode("latin-1")
+    names = Counter(name for name, _ in parse_qsl(query, keep_blank_values=True))
+    repeated = sorted(name for name, count in names.items() if count > 1)
+    if not repeated:
+        return None
+    return error_response(422, f"query parameter {repeated[0]!r} is given more than once")
 
 
 def _too_large(limit: int) -> Responder:

@@ -207,6 +207,8 @@ class SessionAnalysis(_Response):
 
 class Preview(_Response):
     matched: int
+    # Tokens and USD per model for the chosen mode (see `backfill preview --json`).
+    estimate: dict[str, Any]
 
 
 class Requeued(_Response):

@@ -16,6 +16,7 @@ import typer
 from scheduler import audit, operations, planner, progress, queries
 from scheduler.runtime import load_filters_argument, open_database, resolve_settings
 from shared.errors import InvalidInput, NotFound
+from shared.pricing import Mode
 
 app = typer.Typer(help="Post-call analysis backfill.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -85,16 +86,37 @@ def preview(
     skip_current: Annotated[bool, typer.Option(
         "--skip-current", help="Leave out sessions already analysed with the current "
         "configuration.")] = False,
+    mode: Annotated[str, typer.Option(
+        "--mode", help="Price the estimate for live calls (live) or the Message Batches API "
+        "(batch).")] = "live",
     as_json: JsonFlag = False,
 ) -> None:
-    """Count the sessions a job with these filters and options would take."""
+    """Count the sessions a job with these filters and options would take, and estimate
+    its tokens and cost."""
     settings = resolve_settings()
     raw = guarded(lambda: load_filters_argument(filters))
     # Unset options go as null (= default), so the planner validates one JSON shape.
     options = {"sample_rate": sample_rate, "limit": limit, "skip_current": skip_current}
-    matched = guarded(lambda: planner.preview(open_database(settings), settings,
-                                              workspace, kind, raw, options=options))
-    emit({"matched": matched}) if as_json else typer.echo(f"{matched} sessions match")
+    priced_as = guarded(lambda: _pricing_mode(mode))
+    document = guarded(lambda: planner.preview_estimate(
+        open_database(settings), settings, workspace, kind, raw, options=options,
+        mode=priced_as))
+    emit(document) if as_json else typer.echo(_preview_text(document))
+
+
+def _pricing_mode(mode: str) -> Mode:
+    if mode == "batch":
+        return "batch"
+    if mode != "live":
+        raise InvalidInput(f"--mode: must be live or batch, not {mode!r}")
+    return "live"
+
+
+def _preview_text(document: dict[str, Any]) -> str:
+    estimate = document["estimate"]
+    return (f"{document['matched']} sessions match; estimated {estimate['input_tokens']:,} "
+            f"input and {estimate['output_tokens']:,} output tokens, "
+            f"${estimate['usd']:,.2f} ({estimate['mode']})")
 
 
 @app.command()
@@ -110,6 +132,9 @@ def create(
         "--skip-current", help="Leave out sessions already analysed with the current "
         "configuration.")] = False,
     idempotency_key: Annotated[str | None, typer.Option("--idempotency-key")] = None,
+    mode: Annotated[str | None, typer.Option(
+        "--mode", help="live (a task per session) or batch (Message Batches API); default: "
+        "batch above BACKFILL_BATCH_AUTO_THRESHOLD matched sessions.")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Show progress until done.")] = False,
     reason: Reason = None,
     as_json: JsonFlag = False,
@@ -121,7 +146,7 @@ def create(
     db = open_database(settings)
     created = guarded(lambda: planner.create_job(
         db, settings, workspace, kind, raw, options=options, idempotency_key=idempotency_key,
-        created_by=_operator(),
+        created_by=_operator(), mode=mode,
     ))
     operations.record_created(db, created, workspace_id=workspace, actor=audit.os_actor(),
                               reason=reason, details={"kind": kind,
@@ -216,6 +241,10 @@ def llm_stub(
     error_status: Annotated[int, typer.Option("--error-status")] = 529,
     retry_after: Annotated[float, typer.Option("--retry-after", help="retry-after of 429s.")] = 1.0,
     hang_s: Annotated[float, typer.Option("--hang-s", help="How long a hang lasts.")] = 30.0,
+    rpm_limit: Annotated[int, typer.Option(
+        "--rpm-limit", help="At most N requests per sliding window (429 beyond); 0 = none.")] = 0,
+    rl_window_s: Annotated[float, typer.Option(
+        "--rl-window-s", help="The window of --rpm-limit, in seconds.")] = 60.0,
 ) -> None:
     """Serve the local Anthropic-compatible stand-in (faults change at runtime: POST /_faults)."""
     from shared.llm_stub import FaultConfig, faults_from_flags, serve
@@ -228,7 +257,8 @@ def llm_stub(
         except ValueError as exc:  # a bad flag exits 2 with one line, like every other verb
             raise InvalidInput(str(exc)) from exc
 
-    serve(host=host, port=port, latency_ms=latency_ms, faults=guarded(faults))
+    serve(host=host, port=port, latency_ms=latency_ms, faults=guarded(faults),
+          rpm_limit=rpm_limit, rl_window_s=rl_window_s)
 
 
 @app.command()
@@ -365,7 +395,19 @@ def _required_reason(reason: str | None) -> str:
 def _print_job(db: Any, job_id: str, as_json: bool) -> None:
     with db.transaction() as tx:
         document = guarded(lambda: queries.job_json(tx, job_id))
-    emit(document) if as_json else progress.print_job(document)
+    if as_json:
+        emit(document)
+        return
+    progress.print_job(document)
+    typer.echo(_usage_text(document.get("usage") or {}))
+
+
+def _usage_text(usage: dict[str, Any]) -> str:
+    return (f"usage: {usage.get('input_tokens', 0):,} input, "
+            f"{usage.get('output_tokens', 0):,} output, "
+            f"{usage.get('cache_read_tokens', 0):,} cache read, "
+            f"{usage.get('cache_write_tokens', 0):,} cache write tokens; "
+            f"${usage.get('cost_usd', 0.0):,.4f}")
 
 
 def _operator() -> str:

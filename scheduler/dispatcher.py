@@ -18,7 +18,9 @@ source of truth when processes or the broker fail:
 
 A duplicate message is harmless for correctness (the claim is a conditional UPDATE); the
 checks above only keep duplicates rare, because each one costs an LLM call.
-Every job whose items are all terminal is marked completed.
+Every job whose items are all terminal is marked completed. Batch-mode jobs (`options.mode`
+= `batch`) are not dispatched here: each pass also runs their Message Batches cycle
+(scheduler/batches.py).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any, cast
 from celery import Celery
 from sqlalchemy import CursorResult, text
 
+from scheduler.batches import BatchCycle
 from shared.celery_app import ANALYZE_SESSION, BrokerSnapshot, broker_snapshot
 from shared.db import Database
 from shared.settings import Settings
@@ -41,7 +44,12 @@ log = logging.getLogger("backfill.scheduler")
 # Lost-message candidates read per reconcile pass; the rest wait for the next pass.
 MAX_SUSPECTS = 20_000
 
-_RUNNING_JOBS = text("SELECT id FROM backfill_jobs WHERE state = 'running' ORDER BY created_at")
+# Batch-mode jobs are not dispatched to workers: scheduler/batches.py sends them.
+_RUNNING_JOBS = text("""
+    SELECT id FROM backfill_jobs
+     WHERE state = 'running' AND NOT options @> '{"mode": "batch"}'::jsonb
+     ORDER BY created_at
+""")
 
 _IN_FLIGHT = text("""
     SELECT count(*) FROM backfill_items WHERE job_id = :job_id AND state IN ('queued', 'running')
@@ -135,15 +143,30 @@ class Dispatcher:
     celery: Celery
     settings: Settings
     _next_reconcile: float = field(default=0.0, init=False, repr=False)
+    batches: BatchCycle = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.batches = BatchCycle(self.db, self.settings)
 
     def tick(self) -> int:
-        """One pass over every running job; returns how many messages were sent."""
+        """One pass over every running job; returns how many messages were sent (plus batch
+        requests submitted and results written, so a busy batch cycle does not idle)."""
         self.reconcile_if_due()
         sent = 0
         for job_id in self._running_jobs():
             sent += self.dispatch_job(job_id)
+        sent += self.batch_step()
         self.complete_finished_jobs()
         return sent
+
+    def batch_step(self) -> int:
+        """The Message Batches cycle; its failure (the API away, a bad key) must not stop the
+        live dispatch, so it is logged and tried again next pass."""
+        try:
+            return self.batches.step()
+        except Exception:
+            log.exception("batch cycle failed; retrying next pass")
+            return 0
 
     def run_forever(self, stop: threading.Event) -> None:
         while not stop.is_set():

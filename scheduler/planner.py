@@ -44,15 +44,24 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
-from shared.analysis import AgentVersionInfo, config_hash, resolve_config
+from scheduler.batches import resolve_mode
+from shared.analysis import (
+    AgentVersionInfo,
+    build_request,
+    config_hash,
+    resolve_config,
+    system_text,
+)
 from shared.db import Database
 from shared.errors import AnalysisConfigMissing, InvalidInput
 from shared.filters import FilterRow, matching_sessions, parse_filters
 from shared.models import AnalysisRun, BackfillItem, SessionRecord
+from shared.pricing import Mode, Tokens, cost_usd
 from shared.settings import Settings
 
 KINDS = ("call", "chat")
 OPTION_NAMES = ("sample_rate", "limit", "skip_current")
+MODES = ("live", "batch")
 MAX_LIMIT = 10_000_000
 # hashtextextended() returns a signed 64-bit hash; masking the sign bit leaves 63 uniform bits.
 _HASH_MASK = 2**63 - 1
@@ -193,10 +202,17 @@ def create_job(
     options: object = None,
     idempotency_key: str | None = None,
     created_by: str | None = None,
+    mode: str | None = None,
 ) -> CreatedJob:
-    """Validate everything first, then create job and items in one transaction (all or nothing)."""
+    """Validate everything first, then create job and items in one transaction (all or nothing).
+
+    `mode` is `live` (one Celery task per session) or `batch` (the Message Batches API, driven
+    by the scheduler); None picks `batch` above `BACKFILL_BATCH_AUTO_THRESHOLD` matches.
+    """
     rows = validate_request(settings, workspace_id, kind, raw_filters)
     job_options = parse_options(options)
+    if mode is not None and mode not in MODES:
+        raise InvalidInput(f"mode: must be one of {', '.join(MODES)}, not {mode!r}")
     with db.transaction() as tx:
         _require_workspace(tx, workspace_id)
         job_id = _insert_job(tx, workspace_id, kind, raw_filters, job_options.as_json(),
@@ -206,7 +222,15 @@ def create_job(
         query = selection(tx, settings, workspace_id, kind, rows, job_options)
         matched = _expand(tx, job_id, query, settings.db_expansion_timeout_ms)
         _record_matched(tx, job_id, matched)
+        if resolve_mode(mode, matched, settings.batch_auto_threshold) == "batch":
+            _record_batch_mode(tx, job_id)
     return CreatedJob(job_id, created=True)
+
+
+def _record_batch_mode(tx: Session, job_id: str) -> None:
+    # Only batch jobs carry a mode in `options`: a live job's options stay as they were.
+    tx.execute(text("""UPDATE backfill_jobs SET options = options || '{"mode": "batch"}'::jsonb
+                        WHERE id = :id"""), {"id": job_id})
 
 
 def _require_workspace(tx: Session, workspace_id: str) -> None:
@@ -332,10 +356,7 @@ def _sampled(rate: float) -> ColumnElement[bool]:
 # each transfer also carries its own time (`at_ms`), which makes nearly every session its own
 # group. Computed only for sessions that have a current analysis (the others cannot be
 # skipped); a column that is not an array gets no signature and is never skipped.
-_TRANSFER_SIGNATURE = """CASE
-    WHEN sessions.analysis_run_id IS NULL
-      OR jsonb_typeof(sessions.agent_transfers) IS DISTINCT FROM 'array' THEN NULL
-    WHEN sessions.agent_transfers = '[]'::jsonb THEN '[]'
+_SIGNATURE_OF_ARRAY = """WHEN sessions.agent_transfers = '[]'::jsonb THEN '[]'
     ELSE (SELECT CAST(jsonb_agg(jsonb_build_array(
                      step.transfer -> 'to_agent_id',
                      step.transfer -> 'post_call_analysis_setting') ORDER BY step.position)
@@ -343,6 +364,14 @@ _TRANSFER_SIGNATURE = """CASE
             FROM jsonb_array_elements(sessions.agent_transfers)
                  WITH ORDINALITY AS step(transfer, position))
 END"""
+_TRANSFER_SIGNATURE = """CASE
+    WHEN sessions.analysis_run_id IS NULL
+      OR jsonb_typeof(sessions.agent_transfers) IS DISTINCT FROM 'array' THEN NULL
+    """ + _SIGNATURE_OF_ARRAY
+# The same signature for every session (cost estimates group all matched sessions).
+_ANY_TRANSFER_SIGNATURE = """CASE
+    WHEN jsonb_typeof(sessions.agent_transfers) IS DISTINCT FROM 'array' THEN '[]'
+    """ + _SIGNATURE_OF_ARRAY
 
 
 @dataclass(frozen=True)
@@ -451,3 +480,132 @@ def _without_current(
 def _text_array(name: str, values: list[str]) -> ColumnElement[Any]:
     # The psycopg dialect renders the bind cast (`::TEXT[]`) itself.
     return bindparam(name, values, type_=ARRAY(Text))
+
+
+# --------------------------------------------------------------------------- cost estimate
+
+CHARS_PER_TOKEN = 4
+# Below this many tokens a prefix is not cached (the provider's minimum for most models).
+MIN_CACHEABLE_TOKENS = 1024
+
+
+@dataclass(frozen=True)
+class _Group:
+    """Matched sessions of one agent and transfer signature: one configuration."""
+
+    agent_id: str
+    signature: str
+    sessions: int
+    analysed: int
+    transcript_chars: int
+
+
+@dataclass
+class _ModelEstimate:
+    sessions: int = 0
+    tokens: Tokens = Tokens()
+
+
+def preview_estimate(
+    db: Database,
+    settings: Settings,
+    workspace_id: str,
+    kind: str,
+    raw: object,
+    *,
+    options: object = None,
+    mode: Mode = "live",
+) -> dict[str, Any]:
+    """`{"matched": n, "estimate": {...}}`: the sessions `create_job` would take now, and
+    the tokens and USD their analysis would take with the model of each one's effective
+    configuration (resolved per agent and transfer signature, as `skip_current` does).
+
+    Input is chars / 4 of the transcript plus the request's static part; the static prefix
+    of each configuration is a cache write once, then cache reads. Sessions that will be
+    skipped (not connected, no transcript) cost nothing; sessions without a configuration
+    are left out (they fail at once)."""
+    rows = validate_request(settings, workspace_id, kind, raw)
+    job_options = parse_options(options)
+    with db.transaction() as tx:
+        _require_workspace(tx, workspace_id)
+        selected = selection(tx, settings, workspace_id, kind, rows, job_options)
+        groups = _estimate_groups(tx, selected.subquery("selected"))
+        transfers = {group.signature: _transfers(group.signature) for group in groups}
+        pairs = [(group.agent_id, group.signature) for group in groups]
+        versions = _load_agent_versions(tx, workspace_id, _agents_involved(pairs, transfers))
+    per_model: dict[str, _ModelEstimate] = {}
+    for group in groups:
+        _add_group(settings, kind, group, transfers[group.signature], versions, per_model)
+    return {"matched": sum(group.sessions for group in groups),
+            "estimate": _estimate_document(settings, per_model, mode)}
+
+
+def _estimate_groups(tx: Session, selected: Subquery) -> list[_Group]:
+    signature = literal_column(_ANY_TRANSFER_SIGNATURE, Text)
+    will_run = (func.coalesce(SessionRecord.status, "") != "not_connected") & (
+        SessionRecord.transcript != literal("[]").cast(SessionRecord.transcript.type))
+    found = tx.execute(
+        select(SessionRecord.agent_id, signature.label("signature"),
+               func.count().label("sessions"),
+               func.count().filter(will_run).label("analysed"),
+               func.coalesce(func.sum(func.length(SessionRecord.transcript.cast(Text)))
+                             .filter(will_run), 0).label("chars"))
+        .join(selected, selected.c.session_id == SessionRecord.session_id)
+        .group_by(SessionRecord.agent_id, signature)
+    ).all()
+    return [_Group(str(row.agent_id), str(row.signature), int(row.sessions),
+                   int(row.analysed), int(row.chars)) for row in found]
+
+
+def _add_group(
+    settings: Settings, kind: str, group: _Group, transfers: list[dict[str, Any]],
+    versions: Mapping[str, Sequence[AgentVersionInfo]], per_model: dict[str, _ModelEstimate],
+) -> None:
+    try:
+        config = resolve_config(kind, group.agent_id, transfers, versions,
+                                settings.default_model)
+    except AnalysisConfigMissing:
+        return
+    if not group.analysed:
+        return
+    request = build_request(config, [], max(settings.llm_max_tokens, 1))
+    prefix = _tokens(len(system_text(config)))
+    # The prompt blocks the provider bills as input. The output schema is not counted: the
+    # stand-in does not bill it and the real API's structured-output overhead is small.
+    static = _tokens(len(json.dumps(request["messages"])))
+    transcripts = _tokens(group.transcript_chars)
+    tokens = Tokens(input=transcripts + static * group.analysed,
+                    output=settings.estimate_output_tokens * group.analysed)
+    if settings.prompt_caching and prefix >= MIN_CACHEABLE_TOKENS:
+        # One write per configuration, then reads while the cache stays warm.
+        tokens += Tokens(cache_write=prefix, cache_read=prefix * (group.analysed - 1))
+    else:
+        tokens += Tokens(input=prefix * group.analysed)
+    entry = per_model.setdefault(config.model, _ModelEstimate())
+    entry.sessions += group.analysed
+    entry.tokens += tokens
+
+
+def _tokens(chars: int) -> int:
+    return -(-chars // CHARS_PER_TOKEN)
+
+
+def _estimate_document(
+    settings: Settings, per_model: Mapping[str, _ModelEstimate], mode: Mode
+) -> dict[str, Any]:
+    breakdown = {
+        model: {"sessions": entry.sessions, "input_tokens": entry.tokens.input,
+                "cache_write_tokens": entry.tokens.cache_write,
+                "cache_read_tokens": entry.tokens.cache_read,
+                "output_tokens": entry.tokens.output,
+                "usd": round(cost_usd(settings, model, entry.tokens, mode), 6)}
+        for model, entry in sorted(per_model.items())
+    }
+    total = sum((entry.tokens for entry in per_model.values()), Tokens())
+    return {
+        "input_tokens": total.input + total.cache_write + total.cache_read,
+        "output_tokens": total.output,
+        "usd": round(sum(row["usd"] for row in breakdown.values()), 6),
+        "model_breakdown": breakdown,
+        "mode": mode,
+    }

@@ -21,6 +21,8 @@ from sqlalchemy.orm import Session
 from scheduler import audit
 from shared.errors import InvalidInput, NotFound
 from shared.models import ITEM_STATES
+from shared.pricing import Tokens, cost_usd
+from shared.settings import Settings, get_settings
 
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
@@ -40,6 +42,15 @@ _ERROR_KINDS = text("""
     SELECT job_id, error_kind, count(*) AS n FROM backfill_items
      WHERE job_id = ANY(CAST(:ids AS text[])) AND state = 'failed' AND error_kind IS NOT NULL
      GROUP BY job_id, error_kind ORDER BY job_id, error_kind
+""")
+
+# Every run of the job counts, retries and superseded ones included: each was billed.
+_USAGE = text("""
+    SELECT job_id, model, sum(input_tokens) AS input, sum(output_tokens) AS output,
+           sum(cache_read_tokens) AS cache_read, sum(cache_write_tokens) AS cache_write
+      FROM analysis_runs
+     WHERE job_id = ANY(CAST(:ids AS text[]))
+     GROUP BY job_id, model
 """)
 
 
@@ -62,11 +73,12 @@ def job_json(tx: Session, job_id: str, workspace_id: str | None = None) -> dict[
 
 
 def jobs_json(
-    tx: Session, job_ids: Sequence[str], workspace_id: str | None = None
+    tx: Session, job_ids: Sequence[str], workspace_id: str | None = None,
+    settings: Settings | None = None,
 ) -> list[dict[str, Any]]:
     """Job documents in the order of `job_ids` (unknown or foreign ids are left out).
 
-    Four queries for the whole page, however many jobs it holds.
+    Five queries for the whole page, however many jobs it holds.
     """
     params = {"ids": list(job_ids), "ws": workspace_id}
     rows = {row.id: row for row in tx.execute(_JOBS, params)}
@@ -78,7 +90,27 @@ def jobs_json(
     for row in tx.execute(_ERROR_KINDS, {"ids": found}):
         kinds[row.job_id][row.error_kind] = row.n
     trails = audit.events_for_jobs(tx, found)
-    return [_job_document(rows[i], counts[i], kinds[i], trails[i]) for i in found]
+    usage = _usage(tx, found, {i: rows[i] for i in found}, settings or get_settings())
+    return [_job_document(rows[i], counts[i], kinds[i], trails[i]) | {"usage": usage[i]}
+            for i in found]
+
+
+def _usage(tx: Session, job_ids: list[str], jobs: dict[str, Any],
+           settings: Settings) -> dict[str, dict[str, Any]]:
+    """Tokens the job's runs reported and what they cost (prices of the settings; a job run
+    in batch mode gets the batch discount)."""
+    totals = {job_id: Tokens() for job_id in job_ids}
+    usd = dict.fromkeys(job_ids, 0.0)
+    for row in tx.execute(_USAGE, {"ids": job_ids}):
+        tokens = Tokens(int(row.input), int(row.output), int(row.cache_read),
+                        int(row.cache_write))
+        totals[row.job_id] += tokens
+        batch = (jobs[row.job_id].options or {}).get("mode") == "batch"
+        usd[row.job_id] += cost_usd(settings, row.model, tokens, "batch" if batch else "live")
+    return {job_id: {"input_tokens": t.input, "output_tokens": t.output,
+                     "cache_read_tokens": t.cache_read, "cache_write_tokens": t.cache_write,
+                     "cost_usd": round(usd[job_id], 6)}
+            for job_id, t in totals.items()}
 
 
 def _job_document(job: Any, by_state: dict[str, int], error_kinds: dict[str, int],

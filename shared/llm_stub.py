@@ -80,6 +80,15 @@ The faults can be changed while the stub runs (a fault burst, then lifting it):
 JSON object replaces it (unknown keys or faults are a 400). These admin routes take no key: the
 stub is a local test tool and binds to 127.0.0.1 by default.
 
+Request rate limit
+------------------
+``--rpm-limit R`` (``enable_rate_limit``) admits at most R Messages requests in any sliding
+window of ``--rl-window-s`` seconds (60 by default); a request over it is a 429
+``rate_limit_error`` with ``retry-after`` (seconds until a slot frees). Every answer then
+carries ``anthropic-ratelimit-requests-limit``, ``-remaining`` and ``-reset`` (RFC 3339).
+``GET /_ratelimit`` answers the limit and the monotonic times of admitted and rejected
+requests, so a test can check every window.
+
 The handler never logs: request bodies hold transcripts, which are personal data.
 """
 
@@ -97,6 +106,7 @@ import struct
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -230,6 +240,8 @@ class StubServer(ThreadingHTTPServer):
         self.request_count = 0
         self._lock = threading.Lock()
         self._cache: dict[str, float] = {}
+        # Set by enable_rate_limit (``--rpm-limit``); None = no request limit.
+        self.request_window: RequestWindow | None = None
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that went away (a killed worker, a timed-out call) is routine, not an
@@ -688,6 +700,95 @@ def build_message(
     }
 
 
+# --- rate limit (``--rpm-limit``) ---------------------------------------------------------------
+
+
+class RequestWindow:
+    """The provider's request limit: at most ``limit`` Messages requests in any sliding window
+    of ``window_s`` seconds (60 for a per-minute limit). Requests over it get a 429 with
+    ``retry-after``; every answer carries the ``anthropic-ratelimit-requests-*`` headers.
+    Admitted and rejected times are kept so tests and the bench can check the limit held."""
+
+    def __init__(self, limit: int, window_s: float = 60.0) -> None:
+        if limit < 1 or window_s <= 0:
+            raise ValueError("the request limit and its window must be positive")
+        self.limit = limit
+        self.window_s = window_s
+        self.admitted: list[float] = []
+        self.rejected: list[float] = []
+        self._recent: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def admit(self, now: float) -> float | None:
+        """None when admitted, else the seconds until a slot frees up (the retry-after)."""
+        with self._lock:
+            while self._recent and now - self._recent[0] >= self.window_s:
+                self._recent.popleft()
+            if len(self._recent) >= self.limit:
+                self.rejected.append(now)
+                return self._recent[0] + self.window_s - now
+            self._recent.append(now)
+            self.admitted.append(now)
+            return None
+
+    def headers(self, now: float) -> dict[str, str]:
+        with self._lock:
+            live = [t for t in self._recent if now - t < self.window_s]
+        reset = (live[0] + self.window_s) if len(live) >= self.limit else now
+        wall = time.time() + (reset - now)
+        return {
+            "anthropic-ratelimit-requests-limit": str(self.limit),
+            "anthropic-ratelimit-requests-remaining": str(max(self.limit - len(live), 0)),
+            "anthropic-ratelimit-requests-reset": time.strftime(
+                "%Y-%m-%dT%H:%M:%S", time.gmtime(wall)) + f".{int(wall % 1 * 1000):03d}Z",
+        }
+
+    def seconds_until_free(self, now: float) -> float:
+        with self._lock:
+            oldest = self._recent[0] if self._recent else now
+        return max(oldest + self.window_s - now, 0.0)
+
+    def as_json(self) -> dict[str, Any]:
+        with self._lock:
+            return {"limit": self.limit, "window_s": self.window_s,
+                    "admitted": list(self.admitted), "rejected": list(self.rejected)}
+
+
+def enable_rate_limit(server: StubServer, limit: int, window_s: float = 60.0) -> None:
+    server.request_window = RequestWindow(limit, window_s)
+
+
+def check_rate_limit(server: StubServer) -> None:
+    """Count a Messages request against the window; over the limit it is a 429."""
+    window: RequestWindow | None = getattr(server, "request_window", None)
+    if window is None:
+        return
+    wait_s = window.admit(time.monotonic())
+    if wait_s is not None:
+        raise ApiError(429, f"request rate limit of {window.limit} per "
+                            f"{window.window_s:g} s exceeded")
+
+
+def rate_limit_headers(server: StubServer, status: int) -> dict[str, str]:
+    """Headers of every answer: the window's when a limit is set, else the fixed ones; a 429
+    also carries retry-after (the window's wait when it caused the 429)."""
+    window: RequestWindow | None = getattr(server, "request_window", None)
+    now = time.monotonic()
+    headers = dict(RATE_LIMIT_HEADERS) if window is None else window.headers(now)
+    if status == 429:
+        retry_after = server.faults.retry_after_s
+        if window is not None and headers["anthropic-ratelimit-requests-remaining"] == "0":
+            retry_after = max(retry_after, window.seconds_until_free(now))
+        headers["retry-after"] = f"{math.ceil(retry_after * 1000) / 1000:g}"
+    return headers
+
+
+def handle_rate_window(server: StubServer) -> Answer:
+    """``GET /_ratelimit``: the limit and the monotonic times of admitted/rejected requests."""
+    window = server.request_window
+    return 200, ({"limit": 0} if window is None else window.as_json())
+
+
 # --- HTTP -------------------------------------------------------------------------------------
 
 
@@ -704,6 +805,7 @@ def error_payload(error: ApiError, request_id: str) -> dict[str, Any]:
 
 
 def handle_messages(server: StubServer, headers: Mapping[str, str], raw: bytes) -> Answer:
+    check_rate_limit(server)
     number = server.next_request_number()
     # Latency first, so even errors take as long as a round trip to the real API would.
     time.sleep(server.latency_ms / 1000)
@@ -746,8 +848,14 @@ def route(
         return handle_messages(server, headers, raw)
     if (method, path) == ("POST", "/v1/messages/count_tokens"):
         return handle_count_tokens(headers, raw)
+    if (method, path) == ("GET", "/_ratelimit"):
+        return handle_rate_window(server)
     if path == "/_faults" and method in ("GET", "POST"):
         return handle_faults(server, method, raw)
+    from shared import llm_stub_batches  # Message Batches routes (imports this module)
+
+    if llm_stub_batches.owns(path):
+        return llm_stub_batches.handle(server, method, path, headers, raw)
     raise ApiError(404, f"no route for {method} {path}")
 
 
@@ -826,15 +934,15 @@ class _Handler(BaseHTTPRequestHandler):
         return b"".join(chunks)
 
     def _send_json(self, status: int, payload: dict[str, Any], request_id: str) -> None:
-        data = json.dumps(payload).encode()
+        from shared.llm_stub_batches import encode_payload  # JSON, or JSONL batch results
+
+        data, content_type = encode_payload(payload)
         self.send_response(status, STATUS_PHRASES.get(status))
-        self.send_header("content-type", "application/json")
+        self.send_header("content-type", content_type)
         self.send_header("content-length", str(len(data)))
         self.send_header("request-id", request_id)
-        for name, value in RATE_LIMIT_HEADERS.items():
+        for name, value in rate_limit_headers(self.server, status).items():
             self.send_header(name, value)
-        if status == 429:
-            self.send_header("retry-after", f"{self.server.faults.retry_after_s:g}")
         self.end_headers()
         self.wfile.write(data)
 
@@ -847,9 +955,13 @@ def serve(
     port: int = 8765,
     latency_ms: int = 0,
     faults: FaultConfig | None = None,
+    rpm_limit: int = 0,
+    rl_window_s: float = 60.0,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then close the socket and return (exit code 0)."""
     server = make_server(host, port, latency_ms, faults)
+    if rpm_limit:
+        enable_rate_limit(server, rpm_limit, rl_window_s)
     stop = threading.Event()
     previous = _on_stop_signals(stop)
     # serve_forever runs in a thread: shutdown() from the main thread would deadlock otherwise.
@@ -937,6 +1049,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--retry-after", type=float, default=1.0, help="retry-after of 429s")
     parser.add_argument("--hang-s", type=float, default=30.0, help="how long a hang lasts")
+    parser.add_argument("--rpm-limit", type=int, default=0,
+                        help="at most N requests per sliding window (0 = no limit)")
+    parser.add_argument("--rl-window-s", type=float, default=60.0,
+                        help="the window of --rpm-limit, in seconds")
     return parser
 
 
@@ -951,7 +1067,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     except ValueError as exc:
         parser.error(str(exc))
-    serve(args.host, args.port, args.latency_ms, faults)
+    serve(args.host, args.port, args.latency_ms, faults, args.rpm_limit, args.rl_window_s)
 
 
 if __name__ == "__main__":

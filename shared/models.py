@@ -199,6 +199,29 @@ class BackfillItem(Base):
     )
 
 
+class BackfillBatch(Base):
+    """One Message Batch submitted for a batch-mode job; its requests are the job's items that
+    were claimed with it (custom_id: a digest of job, session and attempt)."""
+
+    __tablename__ = "backfill_batches"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)  # the provider's batch id
+    job_id: Mapped[str] = mapped_column(
+        ForeignKey("backfill_jobs.id", ondelete="CASCADE"), nullable=False
+    )
+    # in_progress → ended (results written) | missing (the provider does not know the id)
+    state: Mapped[str] = mapped_column(String(16), nullable=False, server_default="in_progress")
+    request_count: Mapped[int] = mapped_column(Integer, nullable=False)
+    submitted_at: Mapped[datetime] = _now()
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index("ix_backfill_batches_open", "state",
+              postgresql_where=text("state = 'in_progress'")),
+        Index("ix_backfill_batches_job", "job_id"),
+    )
+
+
 class AnalysisRun(Base):
     """History: every analysis ever written for a session, with its provenance."""
 
@@ -268,6 +291,7 @@ class AuditEvent(Base):
 
 
 __all__ = [
-    "AgentVersion", "ApiKey", "AuditEvent", "AnalysisRun", "BackfillItem", "BackfillJob", "Base",
+    "AgentVersion", "ApiKey", "AuditEvent", "AnalysisRun", "BackfillBatch", "BackfillItem",
+    "BackfillJob", "Base",
     "ITEM_STATES", "JOB_STATES", "SessionRecord", "TERMINAL_ITEM_STATES", "Workspace",
 ]

@@ -56,6 +56,21 @@ class Settings(BaseSettings):
     # Without a broker that can be inspected, a queued item older than this is re-dispatched.
     queued_deadline_s: float = Field(1800, alias="BACKFILL_QUEUED_DEADLINE_S")
 
+    # Message Batches mode (scheduler/batches.py). A job created without a mode goes to the
+    # Batches API when it matches more sessions than this (0 = never automatically).
+    batch_auto_threshold: int = Field(10_000, alias="BACKFILL_BATCH_AUTO_THRESHOLD")
+    # Items claimed into new batches per job per scheduler pass: bounds the scheduler's memory
+    # (each request holds a transcript) and its per-pass transaction.
+    batch_submit_limit: int = Field(10_000, alias="BACKFILL_BATCH_SUBMIT_LIMIT")
+    # The API's limits of one batch; a claim is split into as many batches as needed.
+    batch_max_requests: int = Field(100_000, alias="BACKFILL_BATCH_MAX_REQUESTS")
+    batch_max_bytes: int = Field(256_000_000, alias="BACKFILL_BATCH_MAX_BYTES")
+    # A batch may take 24 h to end: its items hold a lease beyond that (renewed at each poll),
+    # so the reconciler does not take them back while the provider still works on them.
+    batch_lease_s: float = Field(26 * 3600, alias="BACKFILL_BATCH_LEASE_S")
+    # Polls start soon after submission and back off to this interval.
+    batch_poll_interval_s: float = Field(60.0, alias="BACKFILL_BATCH_POLL_INTERVAL_S")
+
     # Database
     db_statement_timeout_ms: int = Field(30000, alias="BACKFILL_DB_STATEMENT_TIMEOUT_MS")
     # Expanding a job (one INSERT … SELECT over millions of sessions) gets its own bound.
@@ -67,6 +82,46 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(32, alias="BACKFILL_WORKER_CONCURRENCY")
 
     max_filter_rows: int = Field(50, alias="BACKFILL_MAX_FILTER_ROWS")
+
+    # Global LLM rate limit (shared/ratelimit.py), per API key and model, shared by every
+    # worker through Redis. 0 = unlimited. The period is 60 s for the provider's
+    # per-minute limits; tests and the bench shorten it to keep runs short.
+    rl_requests_per_min: int = Field(0, ge=0, alias="BACKFILL_RL_REQUESTS_PER_MIN")
+    rl_input_tokens_per_min: int = Field(0, ge=0, alias="BACKFILL_RL_INPUT_TOKENS_PER_MIN")
+    rl_output_tokens_per_min: int = Field(0, ge=0, alias="BACKFILL_RL_OUTPUT_TOKENS_PER_MIN")
+    rl_period_s: float = Field(60.0, gt=0, alias="BACKFILL_RL_PERIOD_S")
+    # How long a task waits for capacity before it gives the item back as `llm_rate_limited`
+    # (the retry path then spaces it out); counted in the task's deadline.
+    rl_max_wait_s: float = Field(30.0, ge=0, alias="BACKFILL_RL_MAX_WAIT_S")
+    # Output tokens taken before a call; corrected with the real count after it. 0 = the
+    # request's max_tokens (never under-counts, but holds capacity until the call returns).
+    rl_output_estimate_tokens: int = Field(0, ge=0, alias="BACKFILL_RL_OUTPUT_ESTIMATE_TOKENS")
+    rl_burst_share: float = Field(0.02, gt=0, le=1, alias="BACKFILL_RL_BURST_SHARE")
+    rl_safety_share: float = Field(0.02, ge=0, lt=1, alias="BACKFILL_RL_SAFETY_SHARE")
+
+    # Prompt caching of the static prefix (instructions + field definitions). Off only to
+    # measure what caching saves (`make bench`).
+    prompt_caching: bool = Field(True, alias="BACKFILL_PROMPT_CACHING")
+
+    # Cost estimates. USD per million tokens (input, output): configurable defaults close to
+    # the public list prices; check them against the provider's price page. A model not in
+    # the table is priced as `default_model`.
+    llm_prices: dict[str, tuple[float, float]] = Field(
+        default_factory=lambda: {
+            "claude-haiku-4-5": (1.0, 5.0),
+            "claude-sonnet-4-5": (3.0, 15.0),
+            "claude-sonnet-4-6": (3.0, 15.0),
+            "claude-sonnet-5": (3.0, 15.0),
+            "claude-opus-4-1": (15.0, 75.0),
+            "claude-opus-4-5": (5.0, 25.0),
+        },
+        alias="BACKFILL_LLM_PRICES",
+    )
+    price_cache_write_multiplier: float = Field(1.25, ge=0, alias="BACKFILL_PRICE_CACHE_WRITE")
+    price_cache_read_multiplier: float = Field(0.1, ge=0, alias="BACKFILL_PRICE_CACHE_READ")
+    price_batch_multiplier: float = Field(0.5, ge=0, alias="BACKFILL_PRICE_BATCH")
+    # Output tokens one analysis is expected to take, for `preview` estimates.
+    estimate_output_tokens: int = Field(250, ge=0, alias="BACKFILL_ESTIMATE_OUTPUT_TOKENS")
 
     @model_validator(mode="after")
     def _below_visibility_timeout(self) -> Settings:
@@ -84,10 +139,11 @@ class Settings(BaseSettings):
 
     @property
     def task_deadline_s(self) -> float:
-        """The longest one task can legitimately run: its LLM call plus a few database
+        """The longest one task can legitimately run: its wait for rate-limit
+        capacity, its LLM call plus a few database
         transactions (claim, load, write, failure), each bounded by its own timeouts."""
         per_transaction = self.db_statement_timeout_ms / 1000 + self.db_connect_timeout_s
-        return self.llm_timeout_s + 4 * per_transaction
+        return self.rl_max_wait_s + self.llm_timeout_s + 4 * per_transaction
 
     @property
     def llm_mode(self) -> Literal["anthropic", "stub"]:
