@@ -27,7 +27,6 @@ import os
 import platform
 import secrets
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -123,21 +122,10 @@ def started(args: list[str], name: str, env: dict[str, str], marker: str) -> Ite
     log_path.unlink(missing_ok=True)
     process = processes.start(args, log_path, env)
     try:
-        wait_for_marker(log_path, marker, process)
+        processes.wait_for_log(log_path, marker, process, timeout_s=90)
         yield
     finally:
         processes.stop(process)
-
-
-def wait_for_marker(path: Path, marker: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if path.exists() and marker in path.read_text(errors="replace"):
-            return
-        if process.poll() is not None:
-            raise RuntimeError(f"{path.name} exited early:\n{path.read_text()[-2000:]}")
-        time.sleep(0.2)
-    raise RuntimeError(f"{marker!r} not seen in {path}")
 
 
 @contextmanager

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,7 +73,8 @@ class Fleet:
         self.others.append(scheduler)
         self.start_workers(self.tuning.workers)
         processes.wait_for_http(f"http://127.0.0.1:{port}/healthz", timeout_s=READY_TIMEOUT_S)
-        wait_for_log(self.log_dir / "scheduler.log", "scheduler running", scheduler)
+        processes.wait_for_log(self.log_dir / "scheduler.log", "scheduler running", scheduler,
+                               timeout_s=READY_TIMEOUT_S)
 
     def start_workers(self, count: int) -> None:
         """Started side by side, then awaited."""
@@ -87,7 +87,8 @@ class Fleet:
                  "--hostname", f"chaos-{name}@%h"], name), name))
         for process, name in started:
             self.workers.append(process)
-            wait_for_log(self.log_dir / f"{name}.log", "ready.", process)
+            processes.wait_for_log(self.log_dir / f"{name}.log", "ready.", process,
+                                   timeout_s=READY_TIMEOUT_S)
 
     def kill_worker(self) -> None:
         """SIGKILL the oldest worker: no warm shutdown, its in-flight tasks die with it."""
@@ -115,13 +116,3 @@ class Fleet:
         return processes.start(processes.backfill_command(*args), log_path, self.env)
 
 
-def wait_for_log(path: Path, marker: str, process: subprocess.Popen[bytes],
-                 timeout_s: float = READY_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if path.exists() and marker in path.read_text(errors="replace"):
-            return
-        if process.poll() is not None:
-            raise RuntimeError(f"process exited early; see {path}")
-        time.sleep(0.1)
-    raise RuntimeError(f"{marker!r} not seen in {path} within {timeout_s:.0f}s")

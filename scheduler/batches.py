@@ -167,29 +167,6 @@ def make_client(settings: Settings) -> anthropic.Anthropic:
     )
 
 
-_STATUS_TYPES: dict[int, str] = {
-    400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
-    403: "permission_error", 413: "request_too_large", 429: "rate_limit_error",
-    529: "overloaded_error",
-}
-
-
-def wrap_api_error(exc: anthropic.APIError) -> errors.AnalysisError:
-    """A failed batches call, as the error kind it means for every request it carried."""
-    if isinstance(exc, anthropic.APITimeoutError):
-        return errors.LLMTimeout(f"no answer within the client timeout: {exc.message}")
-    if isinstance(exc, anthropic.APIConnectionError):
-        return errors.LLMConnection(f"cannot reach the LLM provider: {exc.message}")
-    if isinstance(exc, anthropic.APIStatusError):
-        body = exc.body if isinstance(exc.body, dict) else {}
-        inner = body.get("error") if isinstance(body.get("error"), dict) else {}
-        error_type = inner.get("type") if isinstance(inner, dict) else None
-        if not isinstance(error_type, str):
-            error_type = _STATUS_TYPES.get(exc.status_code, "api_error")
-        return results.error_for_type(error_type, f"{exc.status_code}: {exc.message}")
-    return errors.LLMServerError(f"unexpected LLM error: {exc.message}")
-
-
 def result_error(result: Any) -> errors.AnalysisError:
     """An `errored`, `expired` or `canceled` batch result as the item's error."""
     if result.type == "expired":
@@ -304,7 +281,7 @@ class BatchCycle:
             batch = client.messages.batches.create(requests=cast(Any, wire))
         except anthropic.APIError as exc:
             # The whole chunk failed the same way: each item follows the retry policy.
-            self._fail_each(chunk, wrap_api_error(exc))
+            self._fail_each(chunk, results.wrap_api_error(exc))
             return
         with self.db.transaction() as tx:
             tx.execute(_RECORD_BATCH, {"id": batch.id, "job_id": job_id, "count": len(chunk)})

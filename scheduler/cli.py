@@ -28,6 +28,12 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON only (to stdo
 Workspace = Annotated[str, typer.Option("--workspace", "-w", help="Workspace id.")]
 Kind = Annotated[str, typer.Option("--kind", help="call or chat.")]
 Filters = Annotated[str, typer.Option("--filters", help="JSON array of rows, or @file.")]
+# Job options shared by preview and create (preview counts what create would take).
+SampleRate = Annotated[float | None, typer.Option(
+    "--sample-rate", help="Deterministic sample by session id, 0 < r ≤ 1.")]
+Limit = Annotated[int | None, typer.Option("--limit", help="At most N sessions, newest first.")]
+SkipCurrent = Annotated[bool, typer.Option(
+    "--skip-current", help="Leave out sessions already analysed with the current configuration.")]
 
 
 def guarded(action: Callable[[], T]) -> T:
@@ -79,13 +85,9 @@ def preview(
     workspace: Workspace,
     kind: Kind,
     filters: Filters,
-    sample_rate: Annotated[float | None, typer.Option(
-        "--sample-rate", help="Deterministic sample by session id, 0 < r ≤ 1.")] = None,
-    limit: Annotated[int | None, typer.Option(
-        "--limit", help="At most N sessions, newest first.")] = None,
-    skip_current: Annotated[bool, typer.Option(
-        "--skip-current", help="Leave out sessions already analysed with the current "
-        "configuration.")] = False,
+    sample_rate: SampleRate = None,
+    limit: Limit = None,
+    skip_current: SkipCurrent = False,
     mode: Annotated[str, typer.Option(
         "--mode", help="Price the estimate for live calls (live) or the Message Batches API "
         "(batch).")] = "live",
@@ -124,13 +126,9 @@ def create(
     workspace: Workspace,
     kind: Kind,
     filters: Filters,
-    sample_rate: Annotated[float | None, typer.Option(
-        "--sample-rate", help="Deterministic sample by session id, 0 < r ≤ 1.")] = None,
-    limit: Annotated[int | None, typer.Option(
-        "--limit", help="At most N sessions, newest first.")] = None,
-    skip_current: Annotated[bool, typer.Option(
-        "--skip-current", help="Leave out sessions already analysed with the current "
-        "configuration.")] = False,
+    sample_rate: SampleRate = None,
+    limit: Limit = None,
+    skip_current: SkipCurrent = False,
     idempotency_key: Annotated[str | None, typer.Option("--idempotency-key")] = None,
     mode: Annotated[str | None, typer.Option(
         "--mode", help="live (a task per session) or batch (Message Batches API); default: "

@@ -50,3 +50,16 @@ def wait_for_http(url: str, timeout_s: float = 20.0) -> None:
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"{url} did not answer within {timeout_s:.0f}s")
+
+
+def wait_for_log(path: Path, marker: str, process: subprocess.Popen[bytes],
+                 timeout_s: float = 60.0) -> None:
+    """Wait until a process we started writes `marker` to its log (e.g. Celery's "ready.")."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists() and marker in path.read_text(errors="replace"):
+            return
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited early; see {path}:\n{path.read_text()[-3000:]}")
+        time.sleep(0.1)
+    raise RuntimeError(f"{marker!r} not seen in {path} within {timeout_s:.0f}s")

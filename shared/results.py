@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+import anthropic
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
@@ -189,6 +190,55 @@ def error_for_type(error_type: str | None, message: str) -> errors.AnalysisError
     """An unknown type is a server-side problem: transient, retried."""
     error_class = _ERROR_TYPES.get(error_type or "", errors.LLMServerError)
     return error_class(f"{error_type or 'error'}: {message}")
+
+
+# SDK errors, as the error kinds they mean (live calls and batch calls alike).
+
+_STATUS_ERRORS: dict[int, type[errors.AnalysisError]] = {
+    400: errors.LLMBadRequest,
+    401: errors.LLMAuth,
+    402: errors.LLMBilling,
+    403: errors.LLMAuth,
+    413: errors.LLMBadRequest,
+    429: errors.LLMRateLimited,
+    529: errors.LLMOverloaded,
+}
+
+
+def wrap_api_error(exc: anthropic.APIError) -> errors.AnalysisError:
+    """Map an SDK error to the item's error kind; keep the provider's message, not the prompt."""
+    if isinstance(exc, anthropic.APITimeoutError):
+        return errors.LLMTimeout(f"no answer within the client timeout: {exc.message}")
+    if isinstance(exc, anthropic.APIConnectionError):
+        return errors.LLMConnection(f"cannot reach the LLM provider: {exc.message}")
+    if isinstance(exc, anthropic.APIStatusError):
+        return _wrap_status_error(exc)
+    return errors.LLMServerError(f"unexpected LLM error: {exc.message}")
+
+
+def _wrap_status_error(exc: anthropic.APIStatusError) -> errors.AnalysisError:
+    status = exc.status_code
+    if _error_type(exc) == "billing_error":
+        return errors.LLMBilling(f"{status}: {exc.message}")
+    error_class = _STATUS_ERRORS.get(status)
+    if error_class is None:
+        error_class = errors.LLMServerError if status >= 500 else errors.LLMBadRequest
+    return error_class(f"{status}: {exc.message}", retry_after_s=_retry_after(exc))
+
+
+def _error_type(exc: anthropic.APIStatusError) -> str | None:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    error = body.get("error") if isinstance(body.get("error"), dict) else body
+    kind = error.get("type") if isinstance(error, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
+def _retry_after(exc: anthropic.APIStatusError) -> float | None:
+    value = exc.response.headers.get("retry-after")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 # --------------------------------------------------------------------------- success

@@ -22,7 +22,7 @@ import redis
 
 from shared import errors
 from shared.ratelimit import Cost, Feedback, Limits, RateLimiter
-from shared.results import message_text
+from shared.results import message_text, wrap_api_error
 from shared.services import redis_client_url
 from shared.settings import Settings
 
@@ -240,48 +240,3 @@ def _reset_time(value: str | None) -> float | None:
         return None
 
 
-_STATUS_ERRORS: dict[int, type[errors.AnalysisError]] = {
-    400: errors.LLMBadRequest,
-    401: errors.LLMAuth,
-    402: errors.LLMBilling,
-    403: errors.LLMAuth,
-    413: errors.LLMBadRequest,
-    429: errors.LLMRateLimited,
-    529: errors.LLMOverloaded,
-}
-
-
-def wrap_api_error(exc: anthropic.APIError) -> errors.AnalysisError:
-    """Map an SDK error to the item's error kind; keep the provider's message, not the prompt."""
-    if isinstance(exc, anthropic.APITimeoutError):
-        return errors.LLMTimeout(f"no answer within the client timeout: {exc.message}")
-    if isinstance(exc, anthropic.APIConnectionError):
-        return errors.LLMConnection(f"cannot reach the LLM provider: {exc.message}")
-    if isinstance(exc, anthropic.APIStatusError):
-        return _wrap_status_error(exc)
-    return errors.LLMServerError(f"unexpected LLM error: {exc.message}")
-
-
-def _wrap_status_error(exc: anthropic.APIStatusError) -> errors.AnalysisError:
-    status = exc.status_code
-    if _error_type(exc) == "billing_error":
-        return errors.LLMBilling(f"{status}: {exc.message}")
-    error_class = _STATUS_ERRORS.get(status)
-    if error_class is None:
-        error_class = errors.LLMServerError if status >= 500 else errors.LLMBadRequest
-    return error_class(f"{status}: {exc.message}", retry_after_s=_retry_after(exc))
-
-
-def _error_type(exc: anthropic.APIStatusError) -> str | None:
-    body = exc.body if isinstance(exc.body, dict) else {}
-    error = body.get("error") if isinstance(body.get("error"), dict) else body
-    kind = error.get("type") if isinstance(error, dict) else None
-    return kind if isinstance(kind, str) else None
-
-
-def _retry_after(exc: anthropic.APIStatusError) -> float | None:
-    value = exc.response.headers.get("retry-after")
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from scheduler import processes
+from scheduler.processes import wait_for_log
 from shared.llm_stub import StubServer, make_server
 from shared.settings import Settings
 
@@ -65,18 +65,6 @@ def start_worker(env: dict[str, str], name: str, concurrency: int = 8) -> subpro
     )
     wait_for_log(log_path, "ready.", process)
     return process
-
-
-def wait_for_log(path: Path, marker: str, process: subprocess.Popen[bytes],
-                 timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if path.exists() and marker in path.read_text(errors="replace"):
-            return
-        if process.poll() is not None:
-            raise RuntimeError(f"process exited early; see {path}:\n{path.read_text()[-3000:]}")
-        time.sleep(0.2)
-    raise RuntimeError(f"{marker!r} not seen in {path} within {timeout_s:.0f}s")
 
 
 @pytest.fixture(scope="session")

@@ -18,9 +18,9 @@ import pytest
 from sqlalchemy import text
 
 from chaos.cluster import scratch_database
-from chaos.fleet import wait_for_log
 from chaos.seed import workspace_with_calls
 from scheduler import planner, processes
+from scheduler.processes import wait_for_log
 from shared.db import Database
 from shared.llm_stub import StubServer, make_server
 from shared.settings import Settings
