@@ -11,7 +11,7 @@ and every lookup filters by it in SQL, so another workspace's job or session is 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -185,9 +185,7 @@ def get_backfill(job_id: JobId, caller: Caller, db: Db) -> dict[str, Any]:
 def pause_backfill(job_id: JobId, caller: Caller, db: Db,
                    body: ReasonRequest | None = None) -> dict[str, Any]:
     """Stop dispatching (calls in flight finish). Only a running job pauses."""
-    operations.pause(db, _known(job_id), actor=caller.actor, reason=_reason(body),
-                     workspace_id=caller.workspace_id)
-    return _job(db, job_id, caller)
+    return _operate(operations.pause, db, job_id, caller, body)
 
 
 @v1.post("/backfills/{job_id}/resume", response_model=Job, responses=NOT_FOUND | CONFLICT,
@@ -195,9 +193,7 @@ def pause_backfill(job_id: JobId, caller: Caller, db: Db,
 def resume_backfill(job_id: JobId, caller: Caller, db: Db,
                     body: ReasonRequest | None = None) -> dict[str, Any]:
     """Dispatch a paused job again."""
-    operations.resume(db, _known(job_id), actor=caller.actor, reason=_reason(body),
-                      workspace_id=caller.workspace_id)
-    return _job(db, job_id, caller)
+    return _operate(operations.resume, db, job_id, caller, body)
 
 
 @v1.post("/backfills/{job_id}/cancel", response_model=Job, responses=NOT_FOUND | CONFLICT,
@@ -205,8 +201,14 @@ def resume_backfill(job_id: JobId, caller: Caller, db: Db,
 def cancel_backfill(job_id: JobId, caller: Caller, db: Db,
                     body: ReasonRequest | None = None) -> dict[str, Any]:
     """Pending and queued items end as cancelled; running ones finish their call."""
-    operations.cancel(db, _known(job_id), actor=caller.actor, reason=_reason(body),
-                      workspace_id=caller.workspace_id)
+    return _operate(operations.cancel, db, job_id, caller, body)
+
+
+def _operate(action: Callable[..., str], db: Database, job_id: str, caller: Principal,
+             body: ReasonRequest | None) -> dict[str, Any]:
+    """Pause, resume and cancel share one shape: act for the caller, answer the job."""
+    action(db, _known(job_id), actor=caller.actor, reason=_reason(body),
+           workspace_id=caller.workspace_id)
     return _job(db, job_id, caller)
 
 

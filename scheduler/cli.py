@@ -142,13 +142,10 @@ def create(
     raw = guarded(lambda: load_filters_argument(filters))
     options = {"sample_rate": sample_rate, "limit": limit, "skip_current": skip_current}
     db = open_database(settings)
-    created = guarded(lambda: planner.create_job(
-        db, settings, workspace, kind, raw, options=options, idempotency_key=idempotency_key,
-        created_by=_operator(), mode=mode,
+    created = guarded(lambda: operations.create_job(
+        db, settings, workspace, kind, raw, actor=audit.os_actor(), options=options,
+        idempotency_key=idempotency_key, reason=reason, mode=mode,
     ))
-    operations.record_created(db, created, workspace_id=workspace, actor=audit.os_actor(),
-                              reason=reason, details={"kind": kind,
-                                                      "idempotency_key": idempotency_key})
     if wait:
         progress.follow(db, created.job_id)
     _print_job(db, created.job_id, as_json)
@@ -406,10 +403,6 @@ def _usage_text(usage: dict[str, Any]) -> str:
             f"{usage.get('cache_read_tokens', 0):,} cache read, "
             f"{usage.get('cache_write_tokens', 0):,} cache write tokens; "
             f"${usage.get('cost_usd', 0.0):,.4f}")
-
-
-def _operator() -> str:
-    return os.environ.get("USER") or os.environ.get("LOGNAME") or "unknown"
 
 
 # ------------------------------------------------------------------ HTTP API, keys, Flower

@@ -26,7 +26,6 @@ Every job whose items are all terminal is marked completed. Batch-mode jobs (`op
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -167,16 +166,6 @@ class Dispatcher:
         except Exception:
             log.exception("batch cycle failed; retrying next pass")
             return 0
-
-    def run_forever(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                sent = self.tick()
-            except Exception:  # a failed pass (DB restart, broker blip) is retried next pass
-                log.exception("dispatch pass failed; retrying")
-                sent = 0
-            if sent == 0:
-                stop.wait(self.settings.dispatch_interval_s)
 
     def dispatch_job(self, job_id: str) -> int:
         with self.db.transaction() as tx:

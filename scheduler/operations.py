@@ -2,7 +2,7 @@
 
 Every action is a conditional state change in Postgres; the dispatcher and the workers honour
 the new state on their next pass (a paused job's queued messages go back to pending when a
-worker receives them). Each change is audited in its own transaction: who, what, why.
+worker receives them). Each change is audited in the same transaction: who, what, why.
 
 `workspace_id` scopes a call to one workspace (the HTTP API passes the caller's): a job or
 session of another workspace is not found. The operator CLI passes None.
@@ -36,31 +36,19 @@ def create_job(
     options: object = None,
     idempotency_key: str | None = None,
     reason: str | None = None,
+    mode: str | None = None,
 ) -> planner.CreatedJob:
-    """The planner's create, then its audit event (an idempotent replay records nothing)."""
-    created = planner.create_job(
+    """The planner's create with its audit event in the same transaction (an idempotent
+    replay records nothing)."""
+    def audited(tx: Session, job_id: str) -> None:
+        audit.record(tx, workspace_id=workspace_id, job_id=job_id, actor=actor,
+                     action="create", reason=reason,
+                     details={"kind": kind, "idempotency_key": idempotency_key})
+
+    return planner.create_job(
         db, settings, workspace_id, kind, filters, options=options,
-        idempotency_key=idempotency_key, created_by=actor,
+        idempotency_key=idempotency_key, created_by=actor, mode=mode, on_created=audited,
     )
-    record_created(db, created, workspace_id=workspace_id, actor=actor, reason=reason,
-                   details={"kind": kind, "idempotency_key": idempotency_key})
-    return created
-
-
-def record_created(
-    db: Database,
-    created: planner.CreatedJob,
-    *,
-    workspace_id: str,
-    actor: str,
-    reason: str | None = None,
-    details: dict[str, Any] | None = None,
-) -> None:
-    if not created.created:
-        return
-    with db.transaction() as tx:
-        audit.record(tx, workspace_id=workspace_id, job_id=created.job_id, actor=actor,
-                     action="create", reason=reason, details=details)
 
 
 _FAILED = text("""
@@ -175,12 +163,12 @@ def rerun_session(
     if row is None:
         raise NotFound(f"no session {session_id!r}")
     filters = [{"field": f"{row.kind}_id", "op": "eq", "value": session_id}]
-    created = planner.create_job(db, settings, row.workspace_id, row.kind, filters,
-                                 created_by=actor)
-    with db.transaction() as tx:
-        audit.record(tx, workspace_id=row.workspace_id, job_id=created.job_id, actor=actor,
+    def audited(tx: Session, job_id: str) -> None:
+        audit.record(tx, workspace_id=row.workspace_id, job_id=job_id, actor=actor,
                      action="rerun", reason=reason, details={"session_id": session_id})
-    return created.job_id
+
+    return planner.create_job(db, settings, row.workspace_id, row.kind, filters,
+                              created_by=actor, on_created=audited).job_id
 
 
 def _transition(db: Database, job_id: str, allowed: set[str], target: str, *,

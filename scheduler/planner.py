@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from typing import Any, TypeGuard, cast
@@ -203,11 +203,14 @@ def create_job(
     idempotency_key: str | None = None,
     created_by: str | None = None,
     mode: str | None = None,
+    on_created: Callable[[Session, str], None] | None = None,
 ) -> CreatedJob:
     """Validate everything first, then create job and items in one transaction (all or nothing).
 
     `mode` is `live` (one Celery task per session) or `batch` (the Message Batches API, driven
     by the scheduler); None picks `batch` above `BACKFILL_BATCH_AUTO_THRESHOLD` matches.
+    `on_created(tx, job_id)` runs in the same transaction (the audit event commits with the
+    job or not at all); an idempotent replay does not call it.
     """
     rows = validate_request(settings, workspace_id, kind, raw_filters)
     job_options = parse_options(options)
@@ -224,6 +227,8 @@ def create_job(
         _record_matched(tx, job_id, matched)
         if resolve_mode(mode, matched, settings.batch_auto_threshold) == "batch":
             _record_batch_mode(tx, job_id)
+        if on_created is not None:
+            on_created(tx, job_id)
     return CreatedJob(job_id, created=True)
 
 

@@ -13,7 +13,6 @@ import subprocess
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -22,12 +21,6 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from shared.db import normalise_database_url
-
-
-@dataclass(frozen=True)
-class ServiceUrls:
-    database_url: str
-    broker_url: str
 
 
 def database_reachable(url: str, timeout_s: int = 3) -> bool:
@@ -100,19 +93,6 @@ def stop_embedded(run_dir: Path) -> None:
     if (pg_dir / "postmaster.pid").exists():
         # SIGINT is Postgres's "fast" shutdown; SIGTERM would wait for every client to leave.
         _kill_pid(int((pg_dir / "postmaster.pid").read_text().splitlines()[0]), signal.SIGINT)
-
-
-def ensure_services(run_dir: Path, database_url: str | None, broker_url: str | None) -> ServiceUrls:
-    """Use the given URLs when set; start embedded servers for the missing ones."""
-    db = database_url or start_embedded_postgres(run_dir)
-    broker = broker_url or start_embedded_redis(run_dir)
-    return ServiceUrls(database_url=db, broker_url=broker)
-
-
-def export_urls(urls: ServiceUrls) -> None:
-    """Child processes (workers, scheduler) inherit the URLs through the environment."""
-    os.environ["DATABASE_URL"] = urls.database_url
-    os.environ["BROKER_URL"] = urls.broker_url
 
 
 def redis_client_url(broker_url: str) -> str:
