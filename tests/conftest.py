@@ -3,6 +3,7 @@ answer, else embedded servers under .run/test. Nothing starts unless a test asks
 
 from __future__ import annotations
 
+import gc
 import os
 import secrets
 from collections.abc import Iterator
@@ -88,3 +89,11 @@ def examples_dir() -> Path:
     if not (EXAMPLES / "sessions.jsonl").exists():
         pytest.skip(f"team examples not found at {EXAMPLES}")
     return EXAMPLES
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _collect_module_garbage() -> Iterator[None]:
+    """A client or socket a module forgot to close is finalised here, so its ResourceWarning
+    fails that module instead of whichever later test the garbage collector happens to run in."""
+    yield
+    gc.collect()

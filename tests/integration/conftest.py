@@ -63,7 +63,11 @@ def start_worker(env: dict[str, str], name: str, concurrency: int = 8) -> subpro
                                    "--hostname", f"{name}@%h"),
         log_path, env,
     )
-    wait_for_log(log_path, "ready.", process)
+    try:
+        wait_for_log(log_path, "ready.", process)
+    except BaseException:
+        processes.stop(process)  # a worker that never got ready must not outlive the tests
+        raise
     return process
 
 
@@ -78,3 +82,4 @@ def pipeline(settings: Settings, stub_url: str) -> Iterator[Pipeline]:
     yield Pipeline(worker=worker, scheduler=scheduler, env=env)
     processes.stop(scheduler)
     processes.stop(worker)
+

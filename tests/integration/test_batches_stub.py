@@ -27,9 +27,10 @@ def server() -> Iterator[StubServer]:
 
 
 @pytest.fixture
-def client(server: StubServer) -> anthropic.Anthropic:
-    return anthropic.Anthropic(api_key="test", max_retries=0,
-                               base_url=f"http://127.0.0.1:{server.server_address[1]}")
+def client(server: StubServer) -> Iterator[anthropic.Anthropic]:
+    with anthropic.Anthropic(api_key="test", max_retries=0,
+                             base_url=f"http://127.0.0.1:{server.server_address[1]}") as client:
+        yield client
 
 
 def request(custom_id: str, content: str) -> dict[str, Any]:

@@ -35,13 +35,14 @@ def faulty_stub() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def context(settings: Settings, db: Database, faulty_stub: str) -> WorkerContext:
+def context(settings: Settings, db: Database, faulty_stub: str) -> Iterator[WorkerContext]:
     worker_settings = settings.model_copy(update={
         "anthropic_base_url": faulty_stub, "backfill_llm": "stub",
         # Far in the future: the test run's own scheduler must not re-send these items.
         "retry_base_s": 3000.0, "retry_cap_s": 3000.0,
     })
-    return WorkerContext(worker_settings, db, llm.make_client(worker_settings))
+    with llm.make_client(worker_settings) as client:
+        yield WorkerContext(worker_settings, db, client)
 
 
 def queued_item(db: Database, marker: str) -> tuple[str, str]:

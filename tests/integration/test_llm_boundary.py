@@ -53,19 +53,20 @@ def client_for(url: str, timeout_s: float = 10.0) -> anthropic.Anthropic:
 
 @pytest.mark.parametrize(("status", "kind"), sorted(STATUS_KINDS.items()))
 def test_status_maps_to_error_kind(faulty_url: str, status: int, kind: str) -> None:
-    with pytest.raises(errors.AnalysisError) as caught:
-        llm.complete(client_for(faulty_url), request_for(f"s{status}"))
+    with client_for(faulty_url) as client, pytest.raises(errors.AnalysisError) as caught:
+        llm.complete(client, request_for(f"s{status}"))
     assert caught.value.kind == kind
 
 
 def test_rate_limit_carries_retry_after(faulty_url: str) -> None:
-    with pytest.raises(errors.LLMRateLimited) as caught:
-        llm.complete(client_for(faulty_url), request_for("s429"))
+    with client_for(faulty_url) as client, pytest.raises(errors.LLMRateLimited) as caught:
+        llm.complete(client, request_for("s429"))
     assert caught.value.retry_after_s == 1.0
 
 
 def test_success_returns_text_and_usage(faulty_url: str) -> None:
-    reply = llm.complete(client_for(faulty_url), request_for("ok"))
+    with client_for(faulty_url) as client:
+        reply = llm.complete(client, request_for("ok"))
     assert reply.text.startswith("{") and reply.input_tokens > 0 and reply.output_tokens > 0
 
 
@@ -73,8 +74,8 @@ def test_unreachable_server_is_a_connection_error() -> None:
     from shared.services import free_port
 
     url = f"http://127.0.0.1:{free_port()}"
-    with pytest.raises(errors.LLMConnection):
-        llm.complete(client_for(url), request_for("x"))
+    with client_for(url) as client, pytest.raises(errors.LLMConnection):
+        llm.complete(client, request_for("x"))
 
 
 def test_slow_server_is_a_timeout() -> None:
@@ -82,8 +83,8 @@ def test_slow_server_is_a_timeout() -> None:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}"
-        with pytest.raises(errors.LLMTimeout):
-            llm.complete(client_for(url, timeout_s=0.3), request_for("x"))
+        with client_for(url, timeout_s=0.3) as client, pytest.raises(errors.LLMTimeout):
+            llm.complete(client, request_for("x"))
     finally:
         server.shutdown()
         server.server_close()

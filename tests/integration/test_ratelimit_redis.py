@@ -102,11 +102,11 @@ def request(text: str) -> dict[str, Any]:
 def test_an_exhausted_budget_in_the_headers_stops_the_next_call(
     strict_stub: StubServer, broker_url: str
 ) -> None:
-    client = client_for(strict_stub, broker_url)
-    for _ in range(2):
-        llm.complete(client, request("hello"))
-    with pytest.raises(errors.LLMRateLimited) as caught:
-        llm.complete(client, request("hello"))  # remaining 0 until reset: never sent
+    with client_for(strict_stub, broker_url) as client:
+        for _ in range(2):
+            llm.complete(client, request("hello"))
+        with pytest.raises(errors.LLMRateLimited) as caught:
+            llm.complete(client, request("hello"))  # remaining 0 until reset: never sent
     window = strict_stub.request_window
     assert window is not None and window.rejected == [] and len(window.admitted) == 2
     assert caught.value.retry_after_s is not None and caught.value.retry_after_s > 20
@@ -115,12 +115,12 @@ def test_an_exhausted_budget_in_the_headers_stops_the_next_call(
 def test_a_429_blocks_the_bucket_for_retry_after(
     strict_stub: StubServer, broker_url: str
 ) -> None:
-    client = client_for(strict_stub, broker_url)
-    with pytest.raises(errors.LLMRateLimited):
-        llm.complete(client, request("session_id=busy hello"))  # the provider's 429
-    sent = strict_stub.request_count
-    with pytest.raises(errors.LLMRateLimited) as caught:
-        llm.complete(client, request("hello"))  # refused by the shared bucket
+    with client_for(strict_stub, broker_url) as client:
+        with pytest.raises(errors.LLMRateLimited):
+            llm.complete(client, request("session_id=busy hello"))  # the provider's 429
+        sent = strict_stub.request_count
+        with pytest.raises(errors.LLMRateLimited) as caught:
+            llm.complete(client, request("hello"))  # refused by the shared bucket
     assert strict_stub.request_count == sent
     assert caught.value.retry_after_s is not None and caught.value.retry_after_s > 20
 
