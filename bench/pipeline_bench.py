@@ -17,7 +17,8 @@ of the bench's own (so its memory figures hold nothing else).
 (e) billed input tokens per session with prompt caching ÷ without (cache writes × 1.25,
     reads × 0.1 of the settings), on a prefix above the cacheable minimum.
 
-BENCH_QUICK=1 runs small sizes (a smoke test of the bench itself; not figures to quote).
+BENCH_QUICK=1 runs small sizes (a smoke test of the bench itself; not figures to quote);
+BENCH_FIGURES=ab runs only the figures named.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ from shared.services import (
 from shared.settings import Settings
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
+# BENCH_FIGURES=ab measures only (a) and (b); the default is every figure.
+CHOSEN = os.environ.get("BENCH_FIGURES") or "abcde"
 RUN_DIR = Path(".run/bench-pipeline")
 LOG_DIR = RUN_DIR / "logs"
 CONCURRENCY = 32
@@ -463,6 +466,8 @@ def run(server: str, broker_url: str) -> None:
                          "scheduler running"):
                 figures: list[Figure] = []
                 for name, step in STEPS:
+                    if name not in CHOSEN:
+                        continue
                     print(f"measuring ({name}) …", file=sys.stderr, flush=True)
                     figures += step(stack)
             print_report(figures, machine(stack, load_at_start))

@@ -170,6 +170,9 @@ class RateLimiter:
         self._adjust = client.register_script(_ADJUST)
         self._tighten = client.register_script(_TIGHTEN)
 
+    def close(self) -> None:
+        self._redis.close()
+
     def _keys(self, model: str) -> list[str]:
         key = bucket_key(self._api_key, model)
         return [key, key + ":blocked"]

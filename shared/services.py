@@ -40,10 +40,10 @@ def database_reachable(url: str, timeout_s: int = 3) -> bool:
 
 def broker_reachable(url: str, timeout_s: float = 3.0) -> bool:
     try:
-        client = redis.Redis.from_url(
+        with redis.Redis.from_url(
             url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
-        )
-        return bool(client.ping())
+        ) as client:
+            return bool(client.ping())
     except (redis.RedisError, OSError, ValueError):
         return False
 

@@ -57,6 +57,12 @@ class LLMClient(anthropic.Anthropic):
 
     policy: CallPolicy = CallPolicy()
 
+    def close(self) -> None:
+        """The HTTP pool and the rate limiter's Redis connection alike."""
+        super().close()
+        if self.policy.limiter is not None:
+            self.policy.limiter.close()
+
 
 def make_client(settings: Settings) -> anthropic.Anthropic:
     """SDK retries are off: the item's retry policy is the one owner of retries."""

@@ -141,9 +141,12 @@ def test_reimport_changes_nothing(imported: Any, examples_dir: Path, db: Databas
 def test_second_delivery_does_nothing(imported: Any, call_job: dict[str, Any],
                                       settings: Settings, db: Database) -> None:
     app = make_celery(settings)
-    for _ in range(2):
-        app.send_task(ANALYZE_SESSION, args=[call_job["id"], "call_001"],
-                      queue=settings.queue_name)
+    try:
+        for _ in range(2):
+            app.send_task(ANALYZE_SESSION, args=[call_job["id"], "call_001"],
+                          queue=settings.queue_name)
+    finally:
+        app.close()
     _wait_for_empty_queue(settings)
     with db.transaction() as tx:
         runs = tx.execute(text("SELECT count(*) FROM analysis_runs WHERE job_id = :j "
@@ -158,10 +161,10 @@ def _wait_for_empty_queue(settings: Settings, timeout_s: float = 30) -> None:
 
     from shared.services import redis_client_url
 
-    client = redis.Redis.from_url(redis_client_url(settings.require_broker_url()))
     deadline = time.monotonic() + timeout_s
-    while client.llen(settings.queue_name) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    with redis.Redis.from_url(redis_client_url(settings.require_broker_url())) as client:
+        while client.llen(settings.queue_name) and time.monotonic() < deadline:
+            time.sleep(0.1)
     time.sleep(1.0)  # the worker has taken the messages; give it time to run them
 
 

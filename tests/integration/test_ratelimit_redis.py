@@ -132,5 +132,5 @@ def test_an_unreachable_limiter_defers_the_call_instead_of_sending_it() -> None:
     dead = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5)
     client.policy = llm.CallPolicy(limiter=RateLimiter(dead, "key", Limits(requests=10)),
                                    max_wait_s=1.0)
-    with pytest.raises(errors.LLMRateLimited, match="unavailable"):
+    with client, pytest.raises(errors.LLMRateLimited, match="unavailable"):
         llm.complete(client, request("hello"))

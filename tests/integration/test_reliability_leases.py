@@ -58,6 +58,7 @@ def celery_app(settings: Settings) -> Iterator[Celery]:
     yield app
     with app.connection_for_write() as connection:
         connection.default_channel.queue_purge(settings.queue_name)
+    app.close()
 
 
 @pytest.fixture(scope="module")

@@ -79,7 +79,8 @@ def failover_env(settings: Settings, stub_url: str, failover_url: str,
     env.update(DATABASE_URL=failover_url, BACKFILL_QUEUE=queue)
     env.pop("BACKFILL_LEADER_LOCK_KEY", None)
     yield env
-    redis.Redis.from_url(redis_client_url(broker_url)).delete(queue)
+    with redis.Redis.from_url(redis_client_url(broker_url)) as client:
+        client.delete(queue)
 
 
 def backfill(env: dict[str, str], *args: str) -> str:
@@ -165,8 +166,8 @@ def test_one_scheduler_dispatches_and_the_other_takes_over_when_it_is_killed(
             queued = sum(item_states(failover_db, job).get("queued", 0)
                          for job in (before, after))
             # KEDA's listName is BACKFILL_QUEUE: every queued item is one message in that list.
-            client = redis.Redis.from_url(redis_client_url(broker_url))
-            assert client.llen(failover_env["BACKFILL_QUEUE"]) == queued > 0
+            with redis.Redis.from_url(redis_client_url(broker_url)) as client:
+                assert client.llen(failover_env["BACKFILL_QUEUE"]) == queued > 0
         finally:
             processes.stop(second)
     finally:
