@@ -39,7 +39,6 @@ import psycopg
 import sqlalchemy
 from sqlalchemy import Connection, create_engine, event, func, select, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from scheduler import planner
@@ -441,7 +440,7 @@ class Bench:
         """The planner's own selection (what preview counts and create inserts)."""
         rows = planner.validate_request(self.settings, WORKSPACE, "call", case.filters)
         options = planner.parse_options(case.options)
-        return planner.selection(Session(bind=connection), self.settings, WORKSPACE, "call",
+        return planner.selection(connection, self.settings, WORKSPACE, "call",
                                  rows, options)
 
     def scans(self, case: Case) -> str:

@@ -9,8 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-from sqlalchemy import text
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, text
 
 from shared.db import Database
 
@@ -31,7 +30,7 @@ def workspace_with_calls(db: Database, workspace_id: str, calls: Mapping[str, st
             add_call(tx, workspace_id, session_id, line, agent_id=agent_id)
 
 
-def add_call(tx: Session, workspace_id: str, session_id: str, line: str, *,
+def add_call(tx: Connection, workspace_id: str, session_id: str, line: str, *,
              agent_id: str = "agent") -> None:
     transcript = [{"role": "agent", "content": "Hello, how can I help?"},
                   {"role": "user", "content": line}]

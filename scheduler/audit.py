@@ -13,8 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, text
 
 # Lists in `details` (session ids of a requeue) are cut here: the trail says what was asked,
 # it is not a second copy of the item table.
@@ -41,7 +40,7 @@ def os_actor() -> str:
 
 
 def record(
-    tx: Session,
+    tx: Connection,
     *,
     workspace_id: str,
     job_id: str | None,
@@ -56,7 +55,7 @@ def record(
     })
 
 
-def events_for_jobs(tx: Session, job_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+def events_for_jobs(tx: Connection, job_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
     """The trail of each job, oldest first (one query for a whole page of jobs)."""
     events: dict[str, list[dict[str, Any]]] = {job_id: [] for job_id in job_ids}
     if not job_ids:

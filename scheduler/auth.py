@@ -11,8 +11,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import text
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, text
 
 from scheduler import audit
 from shared.db import Database
@@ -98,7 +97,7 @@ def authenticate(db: Database, header: str | None) -> Principal | None:
     return None if row is None else Principal(key_id=row.id, workspace_id=row.workspace_id)
 
 
-def _require_workspace(tx: Session, workspace_id: str) -> None:
+def _require_workspace(tx: Connection, workspace_id: str) -> None:
     found = tx.execute(text("SELECT 1 FROM workspaces WHERE id = :id"), {"id": workspace_id})
     if found.first() is None:
         raise InvalidInput(f"workspace: unknown workspace {workspace_id!r}")

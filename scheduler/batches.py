@@ -39,8 +39,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import anthropic
-from sqlalchemy import text
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, text
 
 from shared import analysis, errors, results
 from shared.db import Database
@@ -258,7 +257,7 @@ class BatchCycle:
                         claim.job_id, claim.session_id, claim.attempt), params))
         return built
 
-    def _request_params(self, tx: Session, claim: Claim) -> dict[str, Any] | None:
+    def _request_params(self, tx: Connection, claim: Claim) -> dict[str, Any] | None:
         session = results.load_session(tx, claim.job_id, claim.session_id)
         reason = results.skip_reason(session)
         if session is None or reason is not None:

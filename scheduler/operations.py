@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, text
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, CursorResult, text
 
 from scheduler import audit, planner
 from shared.db import Database
@@ -40,7 +39,7 @@ def create_job(
 ) -> planner.CreatedJob:
     """The planner's create with its audit event in the same transaction (an idempotent
     replay records nothing)."""
-    def audited(tx: Session, job_id: str) -> None:
+    def audited(tx: Connection, job_id: str) -> None:
         audit.record(tx, workspace_id=workspace_id, job_id=job_id, actor=actor,
                      action="create", reason=reason,
                      details={"kind": kind, "idempotency_key": idempotency_key})
@@ -57,7 +56,7 @@ _FAILED = text("""
 """)
 
 
-def failed_items(tx: Session, job_id: str, limit: int = 1000,
+def failed_items(tx: Connection, job_id: str, limit: int = 1000,
                  workspace_id: str | None = None) -> list[dict[str, Any]]:
     _job(tx, job_id, workspace_id)
     rows = tx.execute(_FAILED, {"job_id": job_id, "limit": limit})
@@ -163,7 +162,7 @@ def rerun_session(
     if row is None:
         raise NotFound(f"no session {session_id!r}")
     filters = [{"field": f"{row.kind}_id", "op": "eq", "value": session_id}]
-    def audited(tx: Session, job_id: str) -> None:
+    def audited(tx: Connection, job_id: str) -> None:
         audit.record(tx, workspace_id=row.workspace_id, job_id=job_id, actor=actor,
                      action="rerun", reason=reason, details={"session_id": session_id})
 
@@ -185,7 +184,7 @@ def _transition(db: Database, job_id: str, allowed: set[str], target: str, *,
     return target
 
 
-def _job(tx: Session, job_id: str, workspace_id: str | None = None, *,
+def _job(tx: Connection, job_id: str, workspace_id: str | None = None, *,
          for_update: bool = False) -> tuple[str, str]:
     """(workspace, state) of the job, locked when asked; NotFound outside `workspace_id`."""
     lock = " FOR UPDATE" if for_update else ""
@@ -198,7 +197,7 @@ def _job(tx: Session, job_id: str, workspace_id: str | None = None, *,
     return str(row.workspace_id), str(row.state)
 
 
-def _set_state(tx: Session, job_id: str, state: str, reason: str | None,
+def _set_state(tx: Connection, job_id: str, state: str, reason: str | None,
                finished: bool = False) -> None:
     tx.execute(text("""
         UPDATE backfill_jobs

@@ -29,6 +29,7 @@ from typing import Any, TypeGuard, cast
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    Connection,
     CursorResult,
     Select,
     Subquery,
@@ -42,7 +43,6 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.orm import Session
 
 from scheduler.batches import resolve_mode
 from shared.analysis import (
@@ -203,7 +203,7 @@ def create_job(
     idempotency_key: str | None = None,
     created_by: str | None = None,
     mode: str | None = None,
-    on_created: Callable[[Session, str], None] | None = None,
+    on_created: Callable[[Connection, str], None] | None = None,
 ) -> CreatedJob:
     """Validate everything first, then create job and items in one transaction (all or nothing).
 
@@ -232,13 +232,13 @@ def create_job(
     return CreatedJob(job_id, created=True)
 
 
-def _record_batch_mode(tx: Session, job_id: str) -> None:
+def _record_batch_mode(tx: Connection, job_id: str) -> None:
     # Only batch jobs carry a mode in `options`: a live job's options stay as they were.
     tx.execute(text("""UPDATE backfill_jobs SET options = options || '{"mode": "batch"}'::jsonb
                         WHERE id = :id"""), {"id": job_id})
 
 
-def _require_workspace(tx: Session, workspace_id: str) -> None:
+def _require_workspace(tx: Connection, workspace_id: str) -> None:
     found = tx.execute(text("SELECT 1 FROM workspaces WHERE id = :id"), {"id": workspace_id})
     if found.first() is None:
         raise InvalidInput(f"workspace: unknown workspace {workspace_id!r}")
@@ -255,7 +255,7 @@ _INSERT_JOB = text("""
 
 
 def _insert_job(
-    tx: Session, workspace_id: str, kind: str, raw: Any, options: dict[str, Any],
+    tx: Connection, workspace_id: str, kind: str, raw: Any, options: dict[str, Any],
     key: str | None, created_by: str | None,
 ) -> str | None:
     params = {
@@ -267,14 +267,14 @@ def _insert_job(
     return None if row is None else str(row.id)
 
 
-def _job_for_key(tx: Session, workspace_id: str, key: str | None) -> str:
+def _job_for_key(tx: Connection, workspace_id: str, key: str | None) -> str:
     return str(tx.execute(
         text("SELECT id FROM backfill_jobs WHERE workspace_id = :ws AND idempotency_key = :key"),
         {"ws": workspace_id, "key": key},
     ).scalar_one())
 
 
-def _expand(tx: Session, job_id: str, query: Select[Any], timeout_ms: int) -> int:
+def _expand(tx: Connection, job_id: str, query: Select[Any], timeout_ms: int) -> int:
     """One INSERT … SELECT: the ids never leave Postgres."""
     # Expanding millions of sessions legitimately outlasts the per-statement default.
     tx.execute(text("SELECT set_config('statement_timeout', :ms, true)"), {"ms": str(timeout_ms)})
@@ -287,7 +287,7 @@ def _expand(tx: Session, job_id: str, query: Select[Any], timeout_ms: int) -> in
     return int(cast(CursorResult[Any], result).rowcount)
 
 
-def _record_matched(tx: Session, job_id: str, matched: int) -> None:
+def _record_matched(tx: Connection, job_id: str, matched: int) -> None:
     # A job that matched nothing is complete at birth.
     tx.execute(text("""
         UPDATE backfill_jobs
@@ -302,7 +302,7 @@ def _record_matched(tx: Session, job_id: str, matched: int) -> None:
 
 
 def selection(
-    tx: Session, settings: Settings, workspace_id: str, kind: str, rows: list[FilterRow],
+    tx: Connection, settings: Settings, workspace_id: str, kind: str, rows: list[FilterRow],
     options: JobOptions,
 ) -> Select[Any]:
     """SELECT session_id of the sessions a job with these filters and options takes.
@@ -389,7 +389,7 @@ class _ConfigGroup:
 
 
 def _current_config_hashes(
-    tx: Session, settings: Settings, workspace_id: str, kind: str, candidates: Subquery
+    tx: Connection, settings: Settings, workspace_id: str, kind: str, candidates: Subquery
 ) -> list[_ConfigGroup]:
     """The configuration hash the worker would use now, for each group among the candidates."""
     found = tx.execute(
@@ -443,7 +443,7 @@ _LOAD_VERSIONS = text("""
 
 
 def _load_agent_versions(
-    tx: Session, workspace_id: str, agent_ids: list[str]
+    tx: Connection, workspace_id: str, agent_ids: list[str]
 ) -> dict[str, list[AgentVersionInfo]]:
     """The same rows the worker reads at run time (the scheduler cannot import worker/)."""
     versions: dict[str, list[AgentVersionInfo]] = {}
@@ -545,7 +545,7 @@ def preview_estimate(
             "estimate": _estimate_document(settings, per_model, mode)}
 
 
-def _estimate_groups(tx: Session, selected: Subquery) -> list[_Group]:
+def _estimate_groups(tx: Connection, selected: Subquery) -> list[_Group]:
     signature = literal_column(_ANY_TRANSFER_SIGNATURE, Text)
     will_run = (func.coalesce(SessionRecord.status, "") != "not_connected") & (
         SessionRecord.transcript != literal("[]").cast(SessionRecord.transcript.type))

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, text
 
 from scheduler import audit
 from shared.errors import InvalidInput, NotFound
@@ -65,7 +64,7 @@ class Page:
         return {"items": self.items, "next_cursor": self.next_cursor}
 
 
-def job_json(tx: Session, job_id: str, workspace_id: str | None = None) -> dict[str, Any]:
+def job_json(tx: Connection, job_id: str, workspace_id: str | None = None) -> dict[str, Any]:
     documents = jobs_json(tx, [job_id], workspace_id)
     if not documents:
         raise NotFound(f"no backfill job {job_id!r}")
@@ -73,7 +72,7 @@ def job_json(tx: Session, job_id: str, workspace_id: str | None = None) -> dict[
 
 
 def jobs_json(
-    tx: Session, job_ids: Sequence[str], workspace_id: str | None = None,
+    tx: Connection, job_ids: Sequence[str], workspace_id: str | None = None,
     settings: Settings | None = None,
 ) -> list[dict[str, Any]]:
     """Job documents in the order of `job_ids` (unknown or foreign ids are left out).
@@ -95,7 +94,7 @@ def jobs_json(
             for i in found]
 
 
-def _usage(tx: Session, job_ids: list[str], jobs: dict[str, Any],
+def _usage(tx: Connection, job_ids: list[str], jobs: dict[str, Any],
            settings: Settings) -> dict[str, dict[str, Any]]:
     """Tokens the job's runs reported and what they cost (prices of the settings; a job run
     in batch mode gets the batch discount)."""
@@ -133,7 +132,7 @@ def _job_document(job: Any, by_state: dict[str, int], error_kinds: dict[str, int
     }
 
 
-def list_jobs(tx: Session, workspace_id: str | None, limit: int = 50) -> list[dict[str, Any]]:
+def list_jobs(tx: Connection, workspace_id: str | None, limit: int = 50) -> list[dict[str, Any]]:
     return jobs_page(tx, workspace_id, limit=limit).items
 
 
@@ -147,7 +146,7 @@ _JOB_PAGE = text("""
 
 
 def jobs_page(
-    tx: Session, workspace_id: str | None, *, cursor: str | None = None,
+    tx: Connection, workspace_id: str | None, *, cursor: str | None = None,
     limit: int = DEFAULT_PAGE,
 ) -> Page:
     """Jobs newest first. The cursor is the (created_at, id) of the last job of the page."""
@@ -170,7 +169,7 @@ _ITEM_PAGE = text("""
 
 
 def items_page(
-    tx: Session, job_id: str, *, workspace_id: str | None = None, state: str | None = None,
+    tx: Connection, job_id: str, *, workspace_id: str | None = None, state: str | None = None,
     cursor: str | None = None, limit: int = DEFAULT_PAGE,
 ) -> Page:
     """Items of one job by session id; NotFound when the job is not the workspace's."""
@@ -185,7 +184,7 @@ def items_page(
     return Page(items, _encode([items[-1]["session_id"]]) if more else None)
 
 
-def _require_job(tx: Session, job_id: str, workspace_id: str | None) -> None:
+def _require_job(tx: Connection, job_id: str, workspace_id: str | None) -> None:
     found = tx.execute(text("""
         SELECT 1 FROM backfill_jobs
          WHERE id = :id AND (CAST(:ws AS text) IS NULL OR workspace_id = CAST(:ws AS text))
@@ -243,7 +242,8 @@ _SESSION = text("""
 """)
 
 
-def session_json(tx: Session, session_id: str, workspace_id: str | None = None) -> dict[str, Any]:
+def session_json(tx: Connection, session_id: str,
+                 workspace_id: str | None = None) -> dict[str, Any]:
     row = tx.execute(_SESSION, {"id": session_id, "ws": workspace_id}).one_or_none()
     if row is None:
         raise NotFound(f"no session {session_id!r}")

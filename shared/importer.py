@@ -754,8 +754,7 @@ def import_batch(db: Database, batch: ImportBatch) -> ImportSummary:
     workspace or kind.
     """
     summary = ImportSummary()
-    with db.transaction() as session:
-        conn = session.connection()
+    with db.transaction() as conn:
         conflicts = _identity_conflicts(conn, batch)
         if conflicts:
             raise InvalidImport(conflicts)

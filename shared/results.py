@@ -24,8 +24,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import anthropic
-from sqlalchemy import text
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, text
 
 from shared import analysis, errors
 from shared.db import Database
@@ -88,7 +87,7 @@ _LOAD_SESSION = text("""
 """)
 
 
-def load_session(db: Session, job_id: str, session_id: str) -> SessionData | None:
+def load_session(db: Connection, job_id: str, session_id: str) -> SessionData | None:
     row = db.execute(_LOAD_SESSION, {"session_id": session_id, "job_id": job_id}).one_or_none()
     if row is None:
         return None
@@ -107,7 +106,7 @@ _LOAD_VERSIONS = text("""
 
 
 def load_agent_versions(
-    db: Session, workspace_id: str, agent_ids: list[str]
+    db: Connection, workspace_id: str, agent_ids: list[str]
 ) -> dict[str, list[analysis.AgentVersionInfo]]:
     """Read at run time, so a rerun always sees the draft as it is now."""
     versions: dict[str, list[analysis.AgentVersionInfo]] = {}
@@ -133,7 +132,7 @@ def skip_reason(session: SessionData | None) -> str | None:
 
 
 def resolve_config(
-    tx: Session, settings: Settings, session: SessionData
+    tx: Connection, settings: Settings, session: SessionData
 ) -> analysis.EffectiveConfig:
     """The latest draft configuration, following the session's transfers."""
     agent_ids = [session.agent_id] + [
@@ -255,7 +254,8 @@ _FINISH = text("""
 
 
 def finish_item(
-    db: Session, claim: Claim, state: str, error_kind: str | None = None, error: str | None = None
+    db: Connection, claim: Claim, state: str, error_kind: str | None = None,
+    error: str | None = None,
 ) -> bool:
     """False when our claim was superseded (lease expired and the item was sent again)."""
     params = {
@@ -288,19 +288,19 @@ _UPDATE_SESSION_ANALYSIS = text("""
 """)
 
 
-def insert_run(db: Session, params: dict[str, Any]) -> int | None:
+def insert_run(db: Connection, params: dict[str, Any]) -> int | None:
     """None when this (job, session) already has its successful run."""
     row = db.execute(_INSERT_RUN, params).one_or_none()
     return None if row is None else int(row.id)
 
 
-def update_session_analysis(db: Session, params: dict[str, Any]) -> None:
+def update_session_analysis(db: Connection, params: dict[str, Any]) -> None:
     """A run that started earlier than the current analysis's run never overwrites it."""
     db.execute(_UPDATE_SESSION_ANALYSIS, params)
 
 
 def write_success(
-    tx: Session,
+    tx: Connection,
     claim: Claim,
     session: SessionData,
     config: analysis.EffectiveConfig,
@@ -356,7 +356,7 @@ _RETRY_LATER = text("""
 """)
 
 
-def retry_later(db: Session, claim: Claim, error_kind: str, error: str, delay_s: float) -> None:
+def retry_later(db: Connection, claim: Claim, error_kind: str, error: str, delay_s: float) -> None:
     db.execute(_RETRY_LATER, {
         "error_kind": error_kind, "error": clip(error), "delay_s": delay_s,
         "job_id": claim.job_id, "session_id": claim.session_id, "attempt": claim.attempt,
@@ -377,7 +377,7 @@ _UNCOUNT_ATTEMPT = text("""
 """)
 
 
-def pause_job_for(db: Session, claim: Claim, error_kind: str, error: str) -> None:
+def pause_job_for(db: Connection, claim: Claim, error_kind: str, error: str) -> None:
     """Job-fatal errors pause the whole job; this item is not charged an attempt."""
     reason = f"{error_kind}: {clip(error)}"
     db.execute(_PAUSE_JOB, {"job_id": claim.job_id, "reason": reason})
@@ -387,7 +387,7 @@ def pause_job_for(db: Session, claim: Claim, error_kind: str, error: str) -> Non
     })
 
 
-def handle_failure(tx: Session, settings: Settings, claim: Claim,
+def handle_failure(tx: Connection, settings: Settings, claim: Claim,
                    exc: errors.AnalysisError) -> str:
     """In the caller's transaction; returns paused, retry or failed."""
     log.warning(

@@ -1,7 +1,8 @@
 """Analyse one session of one job: claim, resolve the configuration, ask the LLM, write back.
 
-No database transaction is held open during the LLM call: the claim commits first, the result
-is written in a second, short transaction that also fences on the claim's attempt number.
+Two short transactions per session, none held open during the LLM call: the claim commits
+first, together with reading the session and resolving its configuration; the result is
+written in a second one that fences on the claim's attempt number.
 
 What happens to each error kind (DESIGN "Error kinds") is decided in
 `shared.results.handle_failure`, the write path the batch cycle shares: transient kinds go
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anthropic
+from sqlalchemy import Connection
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -32,7 +34,8 @@ from worker.leases import LeaseKeeper
 
 log = logging.getLogger("backfill.worker")
 
-__all__ = ["DB_UNAVAILABLE", "Plan", "WorkerContext", "analyze_session", "retry_delay_s"]
+__all__ = ["DB_UNAVAILABLE", "Plan", "Started", "WorkerContext", "analyze_session", "prepare",
+           "retry_delay_s"]
 
 # Errors that mean "Postgres is unreachable or too slow right now" (a restart, a failover, a
 # statement timeout, an exhausted pool), as opposed to a bug in a statement.
@@ -55,28 +58,55 @@ class Plan:
     request: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Started:
+    """A claimed item with everything its LLM call needs, read in the claim's transaction."""
+
+    claim: store.Claim
+    session: store.SessionData
+    plan: Plan
+
+
 def analyze_session(ctx: WorkerContext, job_id: str, session_id: str) -> str:
     """Returns the outcome (for logs and tests): succeeded, skipped, failed, retry, paused,
     not_claimed, superseded, db_unavailable, abandoned."""
     try:
-        claim = _claim(ctx, job_id, session_id)
+        started = _claim_and_prepare(ctx, job_id, session_id)
     except DB_UNAVAILABLE as exc:
-        # Still `queued`, and this message is acknowledged: the reconciler sees a queued item
-        # that no message carries any more and sends it again.
+        # Nothing was committed, so the item is still `queued`, and this message is
+        # acknowledged: the reconciler sees a queued item that no message carries any more
+        # and sends it again.
         _log_db_error("cannot claim", job_id, session_id, exc)
         return "db_unavailable"
-    if claim is None:
-        return "not_claimed"
-    with _holding(ctx, claim):
-        return _run_and_record(ctx, claim)
+    if isinstance(started, str):
+        return started
+    with _holding(ctx, started.claim):
+        return _run_and_record(ctx, started)
 
 
-def _claim(ctx: WorkerContext, job_id: str, session_id: str) -> store.Claim | None:
+def _claim_and_prepare(ctx: WorkerContext, job_id: str, session_id: str) -> Started | str:
+    """Claim, read the session and resolve its configuration in one short transaction (one
+    round of checkout, BEGIN and COMMIT fewer per session than claiming on its own)."""
     with ctx.db.transaction() as tx:
         claim = store.claim_item(tx, job_id, session_id, ctx.settings.lease_s)
         if claim is None:
             store.release_unclaimable(tx, job_id, session_id)
-        return claim
+            return "not_claimed"
+        return prepare(ctx, tx, claim)
+
+
+def prepare(ctx: WorkerContext, tx: Connection, claim: store.Claim) -> Started | str:
+    """In the claim's transaction: the session and its plan, or the outcome that ends the item
+    here (skipped; failed, retried or paused for a configuration that cannot be used)."""
+    session = store.load_session(tx, claim.job_id, claim.session_id)
+    skip_reason = results.skip_reason(session)
+    if session is None or skip_reason is not None:
+        store.finish_item(tx, claim, "skipped", error=skip_reason)
+        return "skipped"
+    try:
+        return Started(claim, session, _plan(ctx, tx, session))
+    except errors.AnalysisError as exc:
+        return results.handle_failure(tx, ctx.settings, claim, exc)
 
 
 def _holding(ctx: WorkerContext, claim: store.Claim) -> AbstractContextManager[None]:
@@ -84,19 +114,20 @@ def _holding(ctx: WorkerContext, claim: store.Claim) -> AbstractContextManager[N
     return ctx.leases.holding(claim) if ctx.leases is not None else nullcontext()
 
 
-def _run_and_record(ctx: WorkerContext, claim: store.Claim) -> str:
+def _run_and_record(ctx: WorkerContext, started: Started) -> str:
     try:
-        return _run_claimed(ctx, claim)
+        return _call_and_write(ctx, started)
     except errors.AnalysisError as exc:
         failure = exc
     except DB_UNAVAILABLE as exc:
         failure = errors.DatabaseUnavailable(f"database unavailable: {_db_error_name(exc)}")
     try:
-        return _handle_failure(ctx, claim, failure)
+        return results.record_failure(ctx.db, ctx.settings, started.claim, failure)
     except DB_UNAVAILABLE as exc:
         # The failure cannot be written either. Leaving `_holding` stops the heartbeat, so the
         # lease lapses and the reconciler re-dispatches the item (the attempt stays counted).
-        _log_db_error("cannot record the failure", claim.job_id, claim.session_id, exc)
+        _log_db_error("cannot record the failure", started.claim.job_id,
+                      started.claim.session_id, exc)
         return "abandoned"
 
 
@@ -110,25 +141,16 @@ def _log_db_error(what: str, job_id: str, session_id: str, exc: Exception) -> No
                 what, _db_error_name(exc), extra={"job_id": job_id, "session_id": session_id})
 
 
-def _run_claimed(ctx: WorkerContext, claim: store.Claim) -> str:
+def _call_and_write(ctx: WorkerContext, started: Started) -> str:
+    """The LLM call, outside any transaction; then the result in a second short one."""
+    reply = llm.complete(ctx.client, started.plan.request)
+    result = analysis.parse_answer(started.plan.config, reply.text)
     with ctx.db.transaction() as tx:
-        session = store.load_session(tx, claim.job_id, claim.session_id)
-        skip_reason = results.skip_reason(session)
-        if session is None or skip_reason is not None:
-            store.finish_item(tx, claim, "skipped", error=skip_reason)
-            return "skipped"
-        plan = _plan(ctx, tx, session)
-    reply = llm.complete(ctx.client, plan.request)
-    result = analysis.parse_answer(plan.config, reply.text)
-    with ctx.db.transaction() as tx:
-        return results.write_success(tx, claim, session, plan.config, result, reply)
+        return results.write_success(tx, started.claim, started.session, started.plan.config,
+                                     result, reply)
 
 
-def _plan(ctx: WorkerContext, tx: Any, session: store.SessionData) -> Plan:
+def _plan(ctx: WorkerContext, tx: Connection, session: store.SessionData) -> Plan:
     config = results.resolve_config(tx, ctx.settings, session)
     request = analysis.build_request(config, session.transcript, ctx.settings.llm_max_tokens)
     return Plan(config=config, request=request)
-
-
-def _handle_failure(ctx: WorkerContext, claim: store.Claim, exc: errors.AnalysisError) -> str:
-    return results.record_failure(ctx.db, ctx.settings, claim, exc)

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, text
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, CursorResult, text
 
 # The write path (finish, run history, session update, retry, pause) is shared with the
 # scheduler's batch cycle, so it lives in shared/results.py; re-exported for the worker.
@@ -43,7 +42,7 @@ _CLAIM = text("""
 """)
 
 
-def claim_item(db: Session, job_id: str, session_id: str, lease_s: float) -> Claim | None:
+def claim_item(db: Connection, job_id: str, session_id: str, lease_s: float) -> Claim | None:
     row = db.execute(
         _CLAIM, {"job_id": job_id, "session_id": session_id, "lease_s": lease_s}
     ).one_or_none()
@@ -62,7 +61,7 @@ _RENEW_LEASES = text("""
 """)
 
 
-def renew_leases(db: Session, claims: list[Claim], lease_s: float) -> int:
+def renew_leases(db: Connection, claims: list[Claim], lease_s: float) -> int:
     """Extend the leases of claims still ours (fenced on the attempt, like every write)."""
     if not claims:
         return 0
@@ -83,6 +82,6 @@ _RELEASE_UNCLAIMABLE = text("""
 """)
 
 
-def release_unclaimable(db: Session, job_id: str, session_id: str) -> None:
+def release_unclaimable(db: Connection, job_id: str, session_id: str) -> None:
     """A message for a paused job goes back to pending (resume re-sends it); cancelled ends."""
     db.execute(_RELEASE_UNCLAIMABLE, {"job_id": job_id, "session_id": session_id})

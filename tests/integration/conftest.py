@@ -14,6 +14,8 @@ from scheduler import processes
 from scheduler.processes import wait_for_log
 from shared.llm_stub import StubServer, make_server
 from shared.settings import Settings
+from worker import store
+from worker.service import Started, WorkerContext, prepare
 
 LOG_DIR = Path(__file__).resolve().parents[2] / ".run" / "test" / "logs"
 
@@ -83,3 +85,10 @@ def pipeline(settings: Settings, stub_url: str) -> Iterator[Pipeline]:
     processes.stop(scheduler)
     processes.stop(worker)
 
+
+def prepared(context: WorkerContext, claim: store.Claim) -> Started:
+    """What the worker reads in the claim's transaction, for a claim a test made itself."""
+    with context.db.transaction() as tx:
+        started = prepare(context, tx, claim)
+    assert isinstance(started, Started), started
+    return started

@@ -22,6 +22,7 @@ from shared.celery_app import ANALYZE_SESSION, broker_snapshot, make_celery, tas
 from shared.db import Database
 from shared.services import redis_client_url
 from shared.settings import Settings
+from tests.integration.conftest import prepared
 from worker import llm, store
 from worker.leases import LeaseKeeper
 from worker.service import WorkerContext, _run_and_record
@@ -162,8 +163,9 @@ def test_the_database_gone_while_recording_is_recovered_by_the_lease(
     dead_db = Database.from_settings(dead, pool_size=1)
     client = llm.make_client(settings.model_copy(update={
         "anthropic_base_url": "http://127.0.0.1:1", "backfill_llm": "stub"}))
+    started = prepared(WorkerContext(settings, db, client), held)
     try:
-        assert _run_and_record(WorkerContext(dead, dead_db, client), held) == "abandoned"
+        assert _run_and_record(WorkerContext(dead, dead_db, client), started) == "abandoned"
     finally:
         client.close()
         dead_db.dispose()

@@ -17,6 +17,7 @@ from scheduler import planner
 from shared.db import Database
 from shared.llm_stub import make_server
 from shared.settings import Settings
+from tests.integration.conftest import prepared
 from worker import llm, store
 from worker.service import WorkerContext, _run_and_record
 
@@ -130,7 +131,8 @@ def test_the_run_that_started_last_wins(db: Database, context: WorkerContext,
     assert first_claim.started_at < second_claim.started_at
     order = [second_claim, first_claim] if later_finishes_first else [first_claim,
                                                                        second_claim]
-    assert [_run_and_record(context, c) for c in order] == ["succeeded", "succeeded"]
+    assert [_run_and_record(context, prepared(context, c)) for c in order] == [
+        "succeeded", "succeeded"]
     assert current_run_job(db, sid) == later
     # Both runs stay in history.
     assert count(db, "SELECT count(*) FROM analysis_runs WHERE session_id = :s", s=sid) == 2
