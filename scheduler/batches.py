@@ -258,10 +258,8 @@ class BatchCycle:
         return built
 
     def _request_params(self, tx: Connection, claim: Claim) -> dict[str, Any] | None:
-        session = results.load_session(tx, claim.job_id, claim.session_id)
-        reason = results.skip_reason(session)
-        if session is None or reason is not None:
-            results.finish_item(tx, claim, "skipped", error=reason)
+        session = results.load_or_skip(tx, claim)
+        if session is None:
             return None
         try:
             config = results.resolve_config(tx, self.settings, session)
@@ -370,10 +368,8 @@ class BatchCycle:
     def _write_result(self, claim: Claim, result: Any, latency_ms: int) -> str:
         """One result through the live write path; returns the outcome."""
         with self.db.transaction() as tx:
-            session = results.load_session(tx, claim.job_id, claim.session_id)
-            reason = results.skip_reason(session)
-            if session is None or reason is not None:
-                results.finish_item(tx, claim, "skipped", error=reason)
+            session = results.load_or_skip(tx, claim)
+            if session is None:
                 return "skipped"
             try:
                 if result.type != "succeeded":

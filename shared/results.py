@@ -131,6 +131,17 @@ def skip_reason(session: SessionData | None) -> str | None:
     return None
 
 
+def load_or_skip(db: Connection, claim: Claim) -> SessionData | None:
+    """The claimed item's session when there is something to analyse; otherwise the item ends
+    `skipped` with the reason (deleted, not connected, no transcript) and None comes back."""
+    session = load_session(db, claim.job_id, claim.session_id)
+    reason = skip_reason(session)
+    if session is None or reason is not None:
+        finish_item(db, claim, "skipped", error=reason)
+        return None
+    return session
+
+
 def resolve_config(
     tx: Connection, settings: Settings, session: SessionData
 ) -> analysis.EffectiveConfig:

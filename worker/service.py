@@ -98,10 +98,8 @@ def _claim_and_prepare(ctx: WorkerContext, job_id: str, session_id: str) -> Star
 def prepare(ctx: WorkerContext, tx: Connection, claim: store.Claim) -> Started | str:
     """In the claim's transaction: the session and its plan, or the outcome that ends the item
     here (skipped; failed, retried or paused for a configuration that cannot be used)."""
-    session = store.load_session(tx, claim.job_id, claim.session_id)
-    skip_reason = results.skip_reason(session)
-    if session is None or skip_reason is not None:
-        store.finish_item(tx, claim, "skipped", error=skip_reason)
+    session = results.load_or_skip(tx, claim)
+    if session is None:
         return "skipped"
     try:
         return Started(claim, session, _plan(ctx, tx, session))
