@@ -228,20 +228,38 @@ def steady_rate(total: int, progress: Callable[[], int], timeout_s: float = 900)
     raise RuntimeError("timed out waiting for progress")
 
 
+def wait_until_done(total: int, progress: Callable[[], int], timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while progress() < total:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {progress()} of {total} done within {timeout_s:.0f} s")
+        time.sleep(0.1)
+
+
 def noop_rate(stack: Stack) -> float:
     stack.redis.delete(DONE_KEY)
     celery = make_celery(stack.settings)
     sender = threading.Thread(target=lambda: [
         celery.send_task(NOOP, queue=stack.settings.queue_name) for _ in range(NOOP_TASKS)])
     sender.start()
-    rate = steady_rate(NOOP_TASKS, lambda: int(stack.redis.get(DONE_KEY) or 0))
+    def done() -> int:
+        return int(stack.redis.get(DONE_KEY) or 0)
+
+    rate = steady_rate(NOOP_TASKS, done)
     sender.join()
+    # Run the last tenth too: a no-op left in the queue would reach the next figure's worker.
+    wait_until_done(NOOP_TASKS, done)
+    celery.close()
     return rate
 
 
 def pipeline_rate(stack: Stack, workspace_id: str, sessions: int) -> float:
     job_id = create_job(stack, workspace_id)
-    return steady_rate(sessions, lambda: done_count(stack.db, job_id))
+    rate = steady_rate(sessions, lambda: done_count(stack.db, job_id))
+    # Finish the job: its last tenth would otherwise still be dispatched, and share the
+    # workers of the next figure with that figure's own job.
+    wait_until_done(sessions, lambda: done_count(stack.db, job_id))
+    return rate
 
 
 def figure_a(stack: Stack) -> Figure:
@@ -382,11 +400,7 @@ def billed_input_per_session(stack: Stack, job_id: str) -> float:
 
 def run_job_to_end(stack: Stack, workspace_id: str, sessions: int) -> str:
     job_id = create_job(stack, workspace_id)
-    deadline = time.monotonic() + 300
-    while done_count(stack.db, job_id) < sessions:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"job {job_id} did not finish")
-        time.sleep(0.2)
+    wait_until_done(sessions, lambda: done_count(stack.db, job_id))
     return job_id
 
 
