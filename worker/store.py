@@ -11,24 +11,10 @@ from typing import Any, cast
 from sqlalchemy import Connection, CursorResult, text
 
 # The write path (finish, run history, session update, retry, pause) is shared with the
-# scheduler's batch cycle, so it lives in shared/results.py; re-exported for the worker.
-from shared.results import (
-    Claim,
-    SessionData,
-    finish_item,
-    insert_run,
-    load_agent_versions,
-    load_session,
-    pause_job_for,
-    retry_later,
-    update_session_analysis,
-)
+# scheduler's batch cycle, so it lives in shared/results.py; the worker's types come from there.
+from shared.results import Claim, SessionData
 
-__all__ = [
-    "Claim", "SessionData", "claim_item", "finish_item", "insert_run", "load_agent_versions",
-    "load_session", "pause_job_for", "release_unclaimable", "renew_leases", "retry_later",
-    "update_session_analysis",
-]
+__all__ = ["Claim", "SessionData", "claim_item", "release_unclaimable", "renew_leases"]
 
 
 _CLAIM = text("""

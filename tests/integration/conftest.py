@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,9 +13,10 @@ import pytest
 
 from scheduler import processes
 from scheduler.processes import wait_for_log
+from shared.db import Database
 from shared.llm_stub import StubServer, make_server
 from shared.settings import Settings
-from worker import store
+from worker import llm, store
 from worker.service import Started, WorkerContext, prepare
 
 LOG_DIR = Path(__file__).resolve().parents[2] / ".run" / "test" / "logs"
@@ -92,3 +94,11 @@ def prepared(context: WorkerContext, claim: store.Claim) -> Started:
         started = prepare(context, tx, claim)
     assert isinstance(started, Started), started
     return started
+
+
+@contextmanager
+def worker_context(settings: Settings, db: Database) -> Iterator[WorkerContext]:
+    """What a worker process builds, on a test's own settings and database; the SDK client
+    (and its rate limiter's Redis connection) is closed afterwards."""
+    with llm.make_client(settings) as client:
+        yield WorkerContext(settings, db, client)

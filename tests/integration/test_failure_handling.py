@@ -15,7 +15,7 @@ from sqlalchemy import text
 from shared.db import Database
 from shared.llm_stub import FaultConfig, make_server
 from shared.settings import Settings
-from worker import llm
+from tests.integration.conftest import worker_context
 from worker.service import WorkerContext, analyze_session
 
 pytestmark = pytest.mark.integration
@@ -41,8 +41,8 @@ def context(settings: Settings, db: Database, faulty_stub: str) -> Iterator[Work
         # Far in the future: the test run's own scheduler must not re-send these items.
         "retry_base_s": 3000.0, "retry_cap_s": 3000.0,
     })
-    with llm.make_client(worker_settings) as client:
-        yield WorkerContext(worker_settings, db, client)
+    with worker_context(worker_settings, db) as context:
+        yield context
 
 
 def queued_item(db: Database, marker: str) -> tuple[str, str]:

@@ -25,7 +25,7 @@ from scheduler import processes
 from shared.db import Database
 from shared.llm_stub import FaultConfig, make_server
 from shared.settings import Settings
-from worker import llm
+from tests.integration.conftest import worker_context
 from worker.service import WorkerContext, analyze_session
 
 pytestmark = pytest.mark.integration
@@ -75,9 +75,8 @@ def db(settings: Settings) -> Iterator[Database]:
 
 @pytest.fixture(scope="module")
 def context(settings: Settings, db: Database) -> Iterator[WorkerContext]:
-    client = llm.make_client(settings)
-    yield WorkerContext(settings, db, client)
-    client.close()
+    with worker_context(settings, db) as context:
+        yield context
 
 
 def queued_item(db: Database, line: str) -> tuple[str, str]:
@@ -194,12 +193,9 @@ def show_json(settings: Settings, job: str) -> Any:
 
 def test_rate_limit_waits_at_least_retry_after(settings: Settings, db: Database) -> None:
     patient = settings.model_copy(update={"retry_cap_s": 60.0})
-    client = llm.make_client(patient)
-    try:
+    with worker_context(patient, db) as context:
         job, sid = marked_item(db, "429")
-        assert analyze_session(WorkerContext(patient, db, client), job, sid) == "retry"
-    finally:
-        client.close()
+        assert analyze_session(context, job, sid) == "retry"
     wait = item(db, job, sid).wait.total_seconds()
     assert RETRY_AFTER_S - 0.5 <= wait <= 60
 
@@ -210,23 +206,21 @@ def test_database_unavailable_is_retried(settings: Settings, db: Database,
     db_unavailable (nothing half-written), and the next attempt succeeds."""
     impatient = settings.model_copy(update={"db_statement_timeout_ms": 300})
     short_db = Database.from_settings(impatient, pool_size=2)
-    client = llm.make_client(impatient)
     job, sid = queued_item(db, "please call me back")
     try:
-        with db.transaction() as tx:
-            tx.execute(text("SELECT 1 FROM sessions WHERE session_id = :s FOR UPDATE"),
-                       {"s": sid})
-            outcome = analyze_session(WorkerContext(impatient, short_db, client), job, sid)
-        assert outcome == "retry"
-        row = item(db, job, sid)
-        assert (row.state, row.error_kind, row.not_before is not None) == (
-            "pending", "db_unavailable", True)
-        assert runs_of(db, job, sid) == 0
-        redispatch(db, job, sid)
-        assert analyze_session(WorkerContext(impatient, short_db, client), job, sid) == (
-            "succeeded")
+        with worker_context(impatient, short_db) as context:
+            with db.transaction() as tx:
+                tx.execute(text("SELECT 1 FROM sessions WHERE session_id = :s FOR UPDATE"),
+                           {"s": sid})
+                outcome = analyze_session(context, job, sid)
+            assert outcome == "retry"
+            row = item(db, job, sid)
+            assert (row.state, row.error_kind, row.not_before is not None) == (
+                "pending", "db_unavailable", True)
+            assert runs_of(db, job, sid) == 0
+            redispatch(db, job, sid)
+            assert analyze_session(context, job, sid) == "succeeded"
     finally:
-        client.close()
         short_db.dispose()
     assert runs_of(db, job, sid) == 1
 
@@ -244,14 +238,12 @@ def test_claim_while_the_database_is_down_leaves_the_item_queued(settings: Setti
         "database_url": "postgresql+psycopg://postgres@127.0.0.1:1/nowhere",
         "db_connect_timeout_s": 1})
     dead_db = Database.from_settings(dead, pool_size=1)
-    client = llm.make_client(settings)
     job, sid = queued_item(db, "hello")
     started = time.monotonic()
     try:
-        assert analyze_session(WorkerContext(dead, dead_db, client), job, sid) == (
-            "db_unavailable")
+        with worker_context(dead, dead_db) as context:
+            assert analyze_session(context, job, sid) == "db_unavailable"
     finally:
-        client.close()
         dead_db.dispose()
     assert time.monotonic() - started < 10
     assert item(db, job, sid).state == "queued"

@@ -17,8 +17,8 @@ from scheduler import planner
 from shared.db import Database
 from shared.llm_stub import make_server
 from shared.settings import Settings
-from tests.integration.conftest import prepared
-from worker import llm, store
+from tests.integration.conftest import prepared, worker_context
+from worker import store
 from worker.service import WorkerContext, _run_and_record
 
 pytestmark = pytest.mark.integration
@@ -53,9 +53,8 @@ def db(settings: Settings) -> Iterator[Database]:
 
 @pytest.fixture(scope="module")
 def context(settings: Settings, db: Database) -> Iterator[WorkerContext]:
-    client = llm.make_client(settings)
-    yield WorkerContext(settings, db, client)
-    client.close()
+    with worker_context(settings, db) as context:
+        yield context
 
 
 def workspace(db: Database, calls: int) -> tuple[str, list[str]]:
