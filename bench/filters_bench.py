@@ -41,11 +41,13 @@ from sqlalchemy import Connection, create_engine, event, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from scheduler import planner
+from scheduler.dev.embedded import start_embedded_postgres, stop_embedded
+from scheduler.jobs import planner
+from scheduler.jobs.options import parse_options
+from scheduler.jobs.selection import selection
 from shared.analysis import AgentVersionInfo, config_hash, resolve_config
-from shared.db import Database, normalise_database_url
+from shared.db import Database, database_reachable, normalise_database_url
 from shared.migrate import upgrade_to_head
-from shared.services import database_reachable, start_embedded_postgres, stop_embedded
 from shared.settings import Settings
 
 SESSIONS = int(os.environ.get("BENCH_SESSIONS", "1000000"))
@@ -439,8 +441,8 @@ class Bench:
     def case_query(self, connection: Connection, case: Case) -> Any:
         """The planner's own selection (what preview counts and create inserts)."""
         rows = planner.validate_request(self.settings, WORKSPACE, "call", case.filters)
-        options = planner.parse_options(case.options)
-        return planner.selection(connection, self.settings, WORKSPACE, "call",
+        options = parse_options(case.options)
+        return selection(connection, self.settings, WORKSPACE, "call",
                                  rows, options)
 
     def scans(self, case: Case) -> str:

@@ -13,7 +13,7 @@ import threading
 import redis
 
 from bench.noop_names import DONE_KEY, NOOP
-from shared.services import redis_client_url
+from shared.broker import redis_client_url
 from shared.settings import get_settings
 from worker.app import app
 

@@ -44,18 +44,13 @@ from sqlalchemy import text
 
 from bench.noop_names import DONE_KEY, NOOP
 from chaos.cluster import scratch_database
-from scheduler import planner, processes
-from shared.celery_app import make_celery
-from shared.db import Database, normalise_database_url
+from scheduler.dev import processes
+from scheduler.dev.embedded import start_embedded_postgres, start_embedded_redis, stop_embedded
+from scheduler.dev.processes import free_port
+from scheduler.jobs import planner
+from shared.broker import make_celery, redis_client_url
+from shared.db import Database, database_reachable, normalise_database_url
 from shared.pricing import Tokens
-from shared.services import (
-    database_reachable,
-    free_port,
-    redis_client_url,
-    start_embedded_postgres,
-    start_embedded_redis,
-    stop_embedded,
-)
 from shared.settings import Settings
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"

@@ -22,13 +22,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
+from scheduler.dev.embedded import start_embedded_postgres, start_embedded_redis, stop_embedded
+from shared.broker import redis_client_url
 from shared.migrate import upgrade_to_head
-from shared.services import (
-    redis_client_url,
-    start_embedded_postgres,
-    start_embedded_redis,
-    stop_embedded,
-)
 
 # embedded_postgres runs the server as this user when we are root (Postgres refuses root).
 PG_SYSTEM_USER = "embedded_postgres"

@@ -15,9 +15,9 @@ from typing import Any
 
 from sqlalchemy import text
 
+from scheduler.dev.demo_data import generate_demo_dataset
+from scheduler.jobs.importer import import_batch, parse_lines
 from shared.db import Database
-from shared.demo_data import generate_demo_dataset
-from shared.importer import import_batch, parse_lines
 from shared.migrate import upgrade_to_head
 from shared.settings import Settings
 

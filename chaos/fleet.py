@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scheduler import processes
-from shared.services import free_port
+from scheduler.dev import processes
+from scheduler.dev.processes import free_port
 
 READY_TIMEOUT_S = 90.0
 

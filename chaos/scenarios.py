@@ -18,7 +18,7 @@ from sqlalchemy.exc import OperationalError
 from chaos.cluster import Cluster
 from chaos.dataset import Dataset
 from chaos.fleet import Fleet
-from scheduler import processes
+from scheduler.dev import processes
 from shared.db import Database
 
 POLL_S = 0.2

@@ -17,7 +17,7 @@ from chaos.dataset import Dataset
 from chaos.fleet import Fleet, Tuning
 from chaos.scenarios import Run, Scenario, scenarios
 from chaos.verify import RunResult, reconciled_from_log, verify
-from scheduler import planner
+from scheduler.jobs import planner
 from shared.db import Database
 from shared.settings import Settings
 

@@ -7,7 +7,7 @@ status through the broker; it never touches Postgres.
 
 from __future__ import annotations
 
-from shared.celery_app import make_celery
+from shared.broker import make_celery
 from shared.settings import get_settings
 
 app = make_celery(get_settings())

@@ -22,13 +22,9 @@ from dataclasses import asdict, dataclass
 from typing import Any, Final, Literal
 
 from shared.errors import AnalysisConfigMissing, LLMInvalidOutput
+from shared.vocabulary import CUSTOM_FIELD_TYPES, SENTIMENTS, SessionKind, is_json_number, json_type
 
-SessionKind = Literal["call", "chat"]
 FieldType = Literal["string", "enum", "boolean", "number"]
-
-SESSION_KINDS: Final[tuple[str, ...]] = ("call", "chat")
-CUSTOM_FIELD_TYPES: Final[tuple[str, ...]] = ("string", "enum", "boolean", "number")
-SENTIMENTS: Final[tuple[str, ...]] = ("Positive", "Negative", "Neutral", "Unknown")
 PRESET_ROLES: Final[tuple[str, ...]] = ("summary", "successful", "user_sentiment")
 CUSTOM_KEY: Final = "custom_analysis_data"
 ANSWER_KEYS: Final[tuple[str, ...]] = (*PRESET_ROLES, CUSTOM_KEY)
@@ -610,16 +606,9 @@ def _load_json(text: str) -> Any:
         ) from exc
 
 
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    names: Mapping[type, str] = {bool: "boolean", str: "string", dict: "object", list: "array"}
-    return names.get(type(value), "number" if isinstance(value, int | float) else "value")
-
-
 def _check_object(value: Any, where: str, keys: Sequence[str]) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise LLMInvalidOutput(f"{where}: expected an object, got {_json_type(value)}")
+        raise LLMInvalidOutput(f"{where}: expected an object, got {json_type(value)}")
     for key in value:
         if key not in keys:
             raise LLMInvalidOutput(f"{where}: unknown field {key!r}")
@@ -630,8 +619,8 @@ def _check_object(value: Any, where: str, keys: Sequence[str]) -> dict[str, Any]
 
 
 def _is_number(value: Any) -> bool:
-    # bool is an int subclass in Python but not a number in JSON; inf comes from "1e999".
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    # inf comes from "1e999", which is valid JSON but no number a field can hold.
+    return is_json_number(value) and math.isfinite(value)
 
 
 _TYPE_CHECKS: Final[Mapping[str, Callable[[Any], bool]]] = {
@@ -648,7 +637,7 @@ def _check_custom_value(spec: FieldSpec, value: Any) -> None:
     if value is None:
         return
     if not _TYPE_CHECKS[spec.type](value):
-        raise LLMInvalidOutput(f"{where}: expected {spec.type} or null, got {_json_type(value)}")
+        raise LLMInvalidOutput(f"{where}: expected {spec.type} or null, got {json_type(value)}")
     if spec.type == "enum" and value not in (spec.choices or ()):
         raise LLMInvalidOutput(f"{where}: value is not one of {_quoted(spec.choices or ())}")
 
@@ -663,9 +652,9 @@ def _parse_custom(cfg: EffectiveConfig, value: Any) -> dict[str, Any]:
 
 def _check_builtins(answer: Mapping[str, Any]) -> None:
     if not isinstance(answer["summary"], str):
-        raise LLMInvalidOutput(f"summary: expected string, got {_json_type(answer['summary'])}")
+        raise LLMInvalidOutput(f"summary: expected string, got {json_type(answer['summary'])}")
     if not isinstance(answer["successful"], bool):
-        got = _json_type(answer["successful"])
+        got = json_type(answer["successful"])
         raise LLMInvalidOutput(f"successful: expected boolean, got {got}")
     sentiment = answer["user_sentiment"]
     if not isinstance(sentiment, str) or sentiment not in SENTIMENTS:

@@ -1,4 +1,11 @@
-"""One exception root. The docstring is the default message; data lives in attributes."""
+"""One exception root. The docstring is the default message; data lives in attributes.
+
+Three families reach a user, each with its own exit code and HTTP status:
+- `InvalidInput` — what the caller sent is refused (CLI exit 2, HTTP 422; `NotFound` 404);
+- `EnvironmentProblem` — the database, its schema or the broker is not usable right now
+  (CLI exit 3, HTTP 503): one line saying what is wrong and what to do, never SQL text;
+- `AnalysisError` — the analysis of one session failed; `kind` is the item's error_kind.
+"""
 
 from __future__ import annotations
 
@@ -37,8 +44,24 @@ class NotFound(BackfillError):
     """No such object."""
 
 
-class ConfigMissing(BackfillError):
-    """The agent has no analysis configuration to run."""
+class EnvironmentProblem(BackfillError):
+    """The environment is not usable (CLI exit 3, HTTP 503)."""
+
+
+class DatabaseUnreachable(EnvironmentProblem):
+    """Postgres cannot be reached."""
+
+
+class SchemaNotReady(EnvironmentProblem):
+    """The database has no backfill schema (or an older one): run `backfill db upgrade`."""
+
+
+class StatementTimedOut(EnvironmentProblem):
+    """A database statement ran past its timeout."""
+
+
+class BrokerUnreachable(EnvironmentProblem):
+    """The broker cannot be reached."""
 
 
 class AnalysisError(BackfillError):

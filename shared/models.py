@@ -29,11 +29,6 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-ITEM_STATES = ("pending", "queued", "running", "succeeded", "failed", "skipped", "cancelled")
-TERMINAL_ITEM_STATES = ("succeeded", "failed", "skipped", "cancelled")
-JOB_STATES = ("running", "paused", "cancelled", "completed")
-
-
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
@@ -292,6 +287,5 @@ class AuditEvent(Base):
 
 __all__ = [
     "AgentVersion", "ApiKey", "AuditEvent", "AnalysisRun", "BackfillBatch", "BackfillItem",
-    "BackfillJob", "Base",
-    "ITEM_STATES", "JOB_STATES", "SessionRecord", "TERMINAL_ITEM_STATES", "Workspace",
+    "BackfillJob", "Base", "SessionRecord", "Workspace",
 ]

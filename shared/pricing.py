@@ -1,18 +1,17 @@
 """What LLM tokens cost: the price table of the settings, with cache and batch multipliers.
 
-Used for `preview` estimates and for each job's actual `usage`. Prices are configurable
-defaults (BACKFILL_LLM_PRICES), not a bill: the provider's invoice is the truth.
+Used by the scheduler for `preview` estimates and each job's `usage`, and by the write path
+of both sides for what a job has spent against its budget. Prices are configurable defaults
+(BACKFILL_LLM_PRICES), not a bill: the provider's invoice is the truth.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from shared.settings import Settings
+from shared.vocabulary import Mode
 
-Mode = Literal["live", "batch"]
-MODES: tuple[str, ...] = ("live", "batch")
 PER_MTOK = 1_000_000
 
 

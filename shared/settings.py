@@ -1,12 +1,23 @@
-"""Settings, read once from the environment and passed down (never read at import time)."""
+"""The one Settings: read once from the environment by an entry point and passed down.
+
+Only entry points (the CLI, the Celery app, the Flower app, the ASGI app factory) call
+`get_settings()`; everything below them takes the `Settings` it is given, so a test can run any
+piece on settings of its own.
+"""
 
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.errors import EnvironmentProblem
+
+# The ASCII bytes of "backfill" as one bigint: easy to recognise in pg_locks.
+DEFAULT_LEADER_LOCK_KEY = 0x6261636B66696C6C
 
 
 class Settings(BaseSettings):
@@ -83,6 +94,14 @@ class Settings(BaseSettings):
 
     max_filter_rows: int = Field(50, alias="BACKFILL_MAX_FILTER_ROWS")
 
+    # Scheduler leadership (scheduler/run/leader.py): schedulers that must not dispatch side
+    # by side share a lock key (and a database); a standby asks for the lock every retry_s;
+    # every pass touches the heartbeat file that `backfill probe scheduler` reads.
+    leader_lock_key: int = Field(DEFAULT_LEADER_LOCK_KEY, alias="BACKFILL_LEADER_LOCK_KEY")
+    leader_retry_s: float = Field(1.0, gt=0, alias="BACKFILL_LEADER_RETRY_S")
+    scheduler_heartbeat_file: Path | None = Field(None,
+                                                  alias="BACKFILL_SCHEDULER_HEARTBEAT_FILE")
+
     # Global LLM rate limit (shared/ratelimit.py), per API key and model, shared by every
     # worker through Redis. 0 = unlimited. The period is 60 s for the provider's
     # per-minute limits; tests and the bench shorten it to keep runs short.
@@ -153,12 +172,12 @@ class Settings(BaseSettings):
 
     def require_database_url(self) -> str:
         if not self.database_url:
-            raise RuntimeError("DATABASE_URL is not set (run `backfill demo` or export it)")
+            raise EnvironmentProblem("DATABASE_URL is not set (run `backfill demo` or export it)")
         return self.database_url
 
     def require_broker_url(self) -> str:
         if not self.broker_url:
-            raise RuntimeError("BROKER_URL is not set (run `backfill demo` or export it)")
+            raise EnvironmentProblem("BROKER_URL is not set (run `backfill demo` or export it)")
         return self.broker_url
 
 

@@ -14,15 +14,10 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from shared.db import Database, normalise_database_url
+from scheduler.dev.embedded import start_embedded_postgres, start_embedded_redis
+from shared.broker import broker_reachable, redis_client_url
+from shared.db import Database, database_reachable, normalise_database_url
 from shared.migrate import upgrade_to_head
-from shared.services import (
-    broker_reachable,
-    database_reachable,
-    redis_client_url,
-    start_embedded_postgres,
-    start_embedded_redis,
-)
 from shared.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]

@@ -23,7 +23,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from shared.db import Database
-from worker import store
+from shared.state import items
+from shared.state.items import Claim
 
 log = logging.getLogger("backfill.worker")
 
@@ -38,13 +39,13 @@ class LeaseKeeper:
         self.lease_s = lease_s
         self.max_hold_s = max_hold_s
         self.interval_s = max(lease_s / 3, 0.05)
-        self._held: dict[ClaimKey, tuple[store.Claim, float]] = {}
+        self._held: dict[ClaimKey, tuple[Claim, float]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     @contextmanager
-    def holding(self, claim: store.Claim) -> Iterator[None]:
+    def holding(self, claim: Claim) -> Iterator[None]:
         """Renew the claim's lease for as long as the block runs."""
         key = (claim.job_id, claim.session_id, claim.attempt)
         with self._lock:
@@ -55,7 +56,7 @@ class LeaseKeeper:
             with self._lock:
                 self._held.pop(key, None)
 
-    def renewable(self) -> list[store.Claim]:
+    def renewable(self) -> list[Claim]:
         """Claims held for less than max_hold_s."""
         oldest = time.monotonic() - self.max_hold_s
         with self._lock:
@@ -67,7 +68,7 @@ class LeaseKeeper:
         if not claims:
             return 0
         with self.db.transaction() as tx:
-            return store.renew_leases(tx, claims, self.lease_s)
+            return items.renew_leases(tx, claims, self.lease_s)
 
     def start(self) -> None:
         if self._thread is not None:

@@ -1,8 +1,10 @@
-"""The LLM boundary: one Messages API call through the real anthropic SDK.
+"""The worker's LLM call policy: one Messages request through the real anthropic SDK.
 
-Errors are wrapped at this boundary into the item's error kinds. Before each call the
-global rate limit (shared/ratelimit.py) is asked for capacity; after it, the buckets are
-corrected with the real usage and tightened from the provider's rate-limit headers.
+Before each call the global rate limit (`shared.ratelimit`) is asked for capacity; after it,
+the buckets are corrected with the real usage and tightened from the provider's rate-limit
+headers. Errors are wrapped here into the item's error kinds (`shared.llm`). The answer is
+decoded from the response body once, as JSON: the pipeline reads it as a plain mapping, so no
+SDK model objects are built and thrown away per session.
 """
 
 from __future__ import annotations
@@ -15,35 +17,34 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
-import anthropic
 import redis
 
 from shared import errors
+from shared.broker import redis_client_url
+from shared.llm import api_key, local_token_estimate, make_client, wrap_api_error
 from shared.ratelimit import Cost, Feedback, Limits, RateLimiter
-from shared.results import message_text, wrap_api_error
-from shared.services import redis_client_url
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    import anthropic
 
 log = logging.getLogger("backfill.worker")
 
-STUB_API_KEY = "local-stand-in"
-
 
 @dataclass(frozen=True)
-class LLMReply:
-    text: str
-    input_tokens: int
-    output_tokens: int
-    cache_read_tokens: int
-    cache_write_tokens: int
+class Reply:
+    """A decoded Messages answer and how long the call took."""
+
+    message: dict[str, Any]
     latency_ms: int
 
 
 @dataclass(frozen=True)
 class CallPolicy:
-    """What every call through one client shares."""
+    """What every call of one worker process shares."""
 
     limiter: RateLimiter | None = None
     prompt_caching: bool = True
@@ -51,38 +52,40 @@ class CallPolicy:
     output_estimate_tokens: int = 0
 
 
-class LLMClient(anthropic.Anthropic):
-    """The SDK client carrying its CallPolicy: a subclass, so the worker context (and the
-    service, which only passes the client on) keeps one object."""
+class Caller:
+    """The process's SDK client with its call policy; closing it closes both the HTTP pool and
+    the rate limiter's Redis connection."""
 
-    policy: CallPolicy = CallPolicy()
+    def __init__(self, client: anthropic.Anthropic, policy: CallPolicy) -> None:
+        self.client = client
+        self.policy = policy
+
+    def complete(self, request: dict[str, Any]) -> Reply:
+        return complete(self.client, self.policy, request)
 
     def close(self) -> None:
-        """The HTTP pool and the rate limiter's Redis connection alike."""
-        super().close()
+        self.client.close()
         if self.policy.limiter is not None:
             self.policy.limiter.close()
 
+    def __enter__(self) -> Caller:
+        return self
 
-def make_client(settings: Settings) -> anthropic.Anthropic:
-    """SDK retries are off: the item's retry policy is the one owner of retries."""
-    if settings.llm_mode == "stub" and not settings.anthropic_base_url:
-        raise errors.BackfillError(
-            "BACKFILL_LLM=stub needs ANTHROPIC_BASE_URL pointing at `backfill llm-stub`"
-        )
-    api_key = settings.anthropic_api_key or STUB_API_KEY
-    client = LLMClient(
-        api_key=api_key,
-        base_url=settings.anthropic_base_url,
-        max_retries=0,
-        timeout=settings.llm_timeout_s,
-    )
-    client.policy = CallPolicy(
-        limiter=make_limiter(settings, api_key), prompt_caching=settings.prompt_caching,
-        max_wait_s=settings.rl_max_wait_s,
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
+
+
+def make_caller(settings: Settings) -> Caller:
+    return Caller(make_client(settings), make_policy(settings))
+
+
+def make_policy(settings: Settings) -> CallPolicy:
+    return CallPolicy(
+        limiter=make_limiter(settings, api_key(settings)),
+        prompt_caching=settings.prompt_caching, max_wait_s=settings.rl_max_wait_s,
         output_estimate_tokens=settings.rl_output_estimate_tokens,
     )
-    return client
 
 
 def rate_limits(settings: Settings) -> Limits:
@@ -96,19 +99,20 @@ def rate_limits(settings: Settings) -> Limits:
     )
 
 
-def make_limiter(settings: Settings, api_key: str) -> RateLimiter | None:
+def make_limiter(settings: Settings, key: str) -> RateLimiter | None:
     """None when no limit is configured (the default): no Redis round trip per call."""
     limits = rate_limits(settings)
     if not limits.enabled:
         return None
     connection = redis.Redis.from_url(redis_client_url(settings.require_broker_url()),
                                       socket_timeout=5, socket_connect_timeout=5)
-    return RateLimiter(connection, api_key, limits)
+    return RateLimiter(connection, key, limits)
 
 
-def complete(client: anthropic.Anthropic, request: dict[str, Any]) -> LLMReply:
-    """Send one request; return the text of the answer or raise an AnalysisError subclass."""
-    policy = client.policy if isinstance(client, LLMClient) else CallPolicy()
+def complete(client: anthropic.Anthropic, policy: CallPolicy, request: dict[str, Any]) -> Reply:
+    """Send one request; return the decoded answer or raise an AnalysisError subclass."""
+    import anthropic
+
     if not policy.prompt_caching:
         request = without_cache_control(request)
     limiter, model = policy.limiter, str(request["model"])
@@ -118,24 +122,21 @@ def complete(client: anthropic.Anthropic, request: dict[str, Any]) -> LLMReply:
     started = time.monotonic()
     try:
         raw = client.messages.with_raw_response.create(**request)
-        message = raw.parse()
+        message = raw.json()
     except anthropic.APIStatusError as exc:
         if limiter is not None:
             _after_call(limiter, model, exc.response.headers, exc.status_code)
         raise wrap_api_error(exc) from exc
     except anthropic.APIError as exc:
         raise wrap_api_error(exc) from exc
+    except ValueError as exc:  # a 200 whose body is not JSON: the provider's fault, transient
+        raise errors.LLMServerError("the provider's answer is not JSON") from exc
     latency_ms = int((time.monotonic() - started) * 1000)
+    if not isinstance(message, dict):
+        raise errors.LLMServerError("the provider answered something that is not a message")
     if limiter is not None:
-        _after_call(limiter, model, raw.headers, 200, (estimate, used_cost(message.usage)))
-    return LLMReply(
-        text=message_text(message),
-        input_tokens=message.usage.input_tokens or 0,
-        output_tokens=message.usage.output_tokens or 0,
-        cache_read_tokens=getattr(message.usage, "cache_read_input_tokens", None) or 0,
-        cache_write_tokens=getattr(message.usage, "cache_creation_input_tokens", None) or 0,
-        latency_ms=latency_ms,
-    )
+        _after_call(limiter, model, raw.headers, 200, (estimate, used_cost(message)))
+    return Reply(message, latency_ms)
 
 
 def without_cache_control(request: Mapping[str, Any]) -> dict[str, Any]:
@@ -158,15 +159,17 @@ def estimate_cost(request: Mapping[str, Any], output_estimate: int) -> Cost:
     max_tokens (an upper bound: the bucket is refunded after the call)."""
     prompt = json.dumps([request.get("system"), request.get("messages")], ensure_ascii=False)
     output = output_estimate or int(request.get("max_tokens") or 0)
-    return Cost(requests=1, input_tokens=-(-len(prompt) // 4), output_tokens=output)
+    return Cost(requests=1, input_tokens=local_token_estimate(len(prompt)),
+                output_tokens=output)
 
 
-def used_cost(usage: Any) -> Cost:
+def used_cost(message: Mapping[str, Any]) -> Cost:
     """What counts against the provider's input-token limit: uncached input plus cache
     writes (cache reads do not count for current models)."""
-    written = getattr(usage, "cache_creation_input_tokens", None) or 0
-    return Cost(requests=1, input_tokens=(usage.input_tokens or 0) + written,
-                output_tokens=usage.output_tokens or 0)
+    usage = message.get("usage") or {}
+    written = usage.get("cache_creation_input_tokens") or 0
+    return Cost(requests=1, input_tokens=(usage.get("input_tokens") or 0) + written,
+                output_tokens=usage.get("output_tokens") or 0)
 
 
 def wait_for_capacity(limiter: RateLimiter, model: str, cost: Cost, max_wait_s: float) -> None:

@@ -11,13 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from scheduler import processes
-from scheduler.processes import wait_for_log
+from scheduler.dev import processes
+from scheduler.dev.processes import wait_for_log
 from shared.db import Database
 from shared.llm_stub import StubServer, make_server
+from shared.pipeline import Prepared, prepare
 from shared.settings import Settings
-from worker import llm, store
-from worker.service import Started, WorkerContext, prepare
+from shared.state.items import Claim
+from worker import llm
+from worker.context import WorkerContext
 
 LOG_DIR = Path(__file__).resolve().parents[2] / ".run" / "test" / "logs"
 
@@ -88,17 +90,17 @@ def pipeline(settings: Settings, stub_url: str) -> Iterator[Pipeline]:
     processes.stop(worker)
 
 
-def prepared(context: WorkerContext, claim: store.Claim) -> Started:
+def prepared(context: WorkerContext, claim: Claim) -> Prepared:
     """What the worker reads in the claim's transaction, for a claim a test made itself."""
     with context.db.transaction() as tx:
-        started = prepare(context, tx, claim)
-    assert isinstance(started, Started), started
-    return started
+        ready = prepare(tx, context.settings, claim)
+    assert isinstance(ready, Prepared), ready
+    return ready
 
 
 @contextmanager
 def worker_context(settings: Settings, db: Database) -> Iterator[WorkerContext]:
     """What a worker process builds, on a test's own settings and database; the SDK client
     (and its rate limiter's Redis connection) is closed afterwards."""
-    with llm.make_client(settings) as client:
-        yield WorkerContext(settings, db, client)
+    with llm.make_caller(settings) as caller:
+        yield WorkerContext(settings, db, caller)

@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 from test_api_support import Tenant, held_job, make_tenant, snapshot, wait_for_state
 
-from scheduler import auth
-from scheduler.api import create_app
+from scheduler.http.app import create_app
+from scheduler.jobs import keys as auth
 from shared.db import Database
 from shared.settings import Settings
 

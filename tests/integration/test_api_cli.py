@@ -15,9 +15,9 @@ import pytest
 from sqlalchemy import text
 from test_api_support import Tenant, held_job, make_tenant
 
-from scheduler import processes
+from scheduler.dev import processes
+from scheduler.dev.processes import free_port
 from shared.db import Database
-from shared.services import free_port
 from shared.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,7 @@ from schemathesis.core.result import Ok
 from schemathesis.specs.openapi import checks
 from test_api_support import Tenant, held_job, live_server, make_tenant
 
-from scheduler.api import create_app
+from scheduler.http.app import create_app
 from shared.db import Database
 from shared.settings import Settings
 

@@ -19,10 +19,10 @@ import httpx
 import uvicorn
 from sqlalchemy import text
 
-from scheduler import auth
+from scheduler.dev.processes import free_port
+from scheduler.jobs import keys as auth
+from scheduler.jobs.importer import import_batch, parse_lines
 from shared.db import Database
-from shared.importer import import_batch, parse_lines
-from shared.services import free_port
 
 BASE_TS = 1_762_000_000_000
 

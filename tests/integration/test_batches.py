@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from scheduler import planner, processes
+from scheduler.dev import processes
+from scheduler.jobs import planner
 from shared import llm_stub_batches
 from shared.db import Database
 from shared.errors import InvalidInput
@@ -235,15 +236,17 @@ def test_items_in_a_running_batch_hold_the_long_lease(
 
 
 def test_live_dispatch_leaves_batch_jobs_alone(db: Database, settings: Settings) -> None:
-    from scheduler.dispatcher import _RUNNING_JOBS
+    from shared.state import jobs
 
     ws, _ = seed_workspace(db, {"x": "user: hi"})
     live, batch = create(db, settings, ws, "live"), create(db, settings, ws, "batch")
     with db.transaction() as tx:
-        running = {row.id for row in tx.execute(_RUNNING_JOBS)}
+        dispatched_live = set(jobs.running_jobs(tx, "live"))
+        sent_as_batches = set(jobs.running_jobs(tx, "batch"))
         tx.execute(text("UPDATE backfill_jobs SET state = 'cancelled' WHERE id = ANY(:ids)"),
                    {"ids": [live, batch]})
-    assert live in running and batch not in running
+    assert live in dispatched_live and batch not in dispatched_live
+    assert batch in sent_as_batches and live not in sent_as_batches
 
 
 def test_cli_create_takes_a_mode(pipeline: Any, db: Database) -> None:

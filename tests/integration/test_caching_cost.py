@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from scheduler import planner, processes, queries
+from scheduler.dev import processes
+from scheduler.jobs import documents, estimates, planner
 from shared.db import Database
 from shared.pricing import Tokens, cost_usd
 from shared.settings import Settings
@@ -58,11 +59,12 @@ def seed(db: Database, workspace_id: str) -> None:
                    "t": json.dumps(transcript)})
 
 
-def wait_completed(db: Database, job_id: str, timeout_s: float = 90) -> dict[str, Any]:
+def wait_completed(db: Database, settings: Settings, job_id: str,
+                   timeout_s: float = 90) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with db.transaction() as tx:
-            document = queries.job_json(tx, job_id)
+            document = documents.job_json(tx, settings, job_id)
         if document["state"] == "completed":
             return document
         time.sleep(0.3)
@@ -73,9 +75,9 @@ def wait_completed(db: Database, job_id: str, timeout_s: float = 90) -> dict[str
 def cached_job(pipeline: Pipeline, db: Database, settings: Settings) -> dict[str, Any]:
     workspace_id = f"ws_cache_{secrets.token_hex(3)}"
     seed(db, workspace_id)
-    estimate = planner.preview_estimate(db, settings, workspace_id, "call", [])
+    estimate = estimates.preview_estimate(db, settings, workspace_id, "call", [])
     created = planner.create_job(db, settings, workspace_id, "call", [])
-    return {"estimate": estimate, "job": wait_completed(db, created.job_id)}
+    return {"estimate": estimate, "job": wait_completed(db, settings, created.job_id)}
 
 
 def runs(db: Database, job_id: str) -> list[Any]:
@@ -131,8 +133,8 @@ def test_preview_estimated_the_job_before_it_ran(cached_job: dict[str, Any]) -> 
 def test_preview_in_batch_mode_costs_half(db: Database, settings: Settings,
                                           cached_job: dict[str, Any]) -> None:
     workspace_id = cached_job["job"]["workspace_id"]
-    live = planner.preview_estimate(db, settings, workspace_id, "call", [])
-    batch = planner.preview_estimate(db, settings, workspace_id, "call", [], mode="batch")
+    live = estimates.preview_estimate(db, settings, workspace_id, "call", [])
+    batch = estimates.preview_estimate(db, settings, workspace_id, "call", [], mode="batch")
     assert batch["estimate"]["usd"] == pytest.approx(live["estimate"]["usd"] * 0.5, rel=1e-3)
     assert batch["estimate"]["mode"] == "batch"
 

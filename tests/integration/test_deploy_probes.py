@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from scheduler import processes
-from shared.services import free_port
+from scheduler.dev import processes
+from scheduler.dev.processes import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,8 @@ from shared.db import Database
 from shared.llm_stub import FaultConfig, make_server
 from shared.settings import Settings
 from tests.integration.conftest import worker_context
-from worker.service import WorkerContext, analyze_session
+from worker.context import WorkerContext
+from worker.service import analyze_session
 
 pytestmark = pytest.mark.integration
 

@@ -18,21 +18,17 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
-from shared.filters import (
-    CALL_STATUSES,
-    CALL_TYPES,
-    CHAT_STATUSES,
-    DIRECTIONS,
+from scheduler.jobs.filters import (
     FIELDS,
-    KINDS,
-    SENTIMENTS,
     FieldSpec,
     FilterRow,
-    evaluate_filters,
     matching_sessions,
     parse_filters,
 )
 from shared.models import Base, SessionRecord, Workspace
+from shared.vocabulary import CALL_STATUSES, CALL_TYPES, CHAT_STATUSES, DIRECTIONS, SENTIMENTS
+from shared.vocabulary import SESSION_KINDS as KINDS
+from tests.support.filters_oracle import evaluate_filters
 
 pytestmark = pytest.mark.integration
 

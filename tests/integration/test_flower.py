@@ -16,10 +16,11 @@ import httpx
 import pytest
 from test_api_support import make_tenant
 
-from scheduler import operations, processes, queries
-from shared.celery_app import ANALYZE_SESSION
+from scheduler.dev import processes
+from scheduler.dev.processes import free_port
+from scheduler.jobs import documents, operations
+from shared.broker import ANALYZE_SESSION
 from shared.db import Database
-from shared.services import free_port
 from shared.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -107,7 +108,7 @@ def test_flower_lists_tasks_with_ids_only(flower_url: str, db: Database,
 
     def finished() -> bool:
         with db.transaction() as tx:
-            return bool(queries.job_json(tx, created.job_id)["state"] == "completed")
+            return bool(documents.job_json(tx, settings, created.job_id)["state"] == "completed")
 
     assert _poll(finished), "the job did not complete"
 

@@ -15,10 +15,10 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
+from scheduler.dev.demo_data import generate_demo_dataset, write_jsonl
+from scheduler.jobs.importer import ImportSummary, import_batch, parse_import_file
 from shared.db import Database
-from shared.demo_data import generate_demo_dataset, write_jsonl
 from shared.errors import InvalidImport
-from shared.importer import ImportSummary, import_batch, parse_import_file
 from shared.models import Base
 
 pytestmark = pytest.mark.integration

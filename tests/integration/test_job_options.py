@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from scheduler import planner, processes
+from scheduler.dev import processes
+from scheduler.jobs import planner
+from scheduler.jobs.options import parse_options
 from shared.analysis import AgentVersionInfo, config_hash, resolve_config
 from shared.db import Database
 from shared.errors import InvalidInput
@@ -275,7 +277,7 @@ def test_preview_equals_the_jobs_matched_count(
     expected = count(db, settings, workspace, options, filters)
     job_id = create_quietly(db, settings, workspace, filters, options)
     assert job_row(db, job_id).matched == expected == len(job_items(db, job_id))
-    assert job_row(db, job_id).options == planner.parse_options(options).as_json()
+    assert job_row(db, job_id).options == parse_options(options).as_json()
 
 
 def test_bad_options_create_nothing(db: Database, settings: Settings) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
-import anthropic
 import pytest
 
 from shared import errors
@@ -46,36 +45,38 @@ def request_for(marker: str) -> dict[str, object]:
     }
 
 
-def client_for(url: str, timeout_s: float = 10.0) -> anthropic.Anthropic:
-    return llm.make_client(Settings(anthropic_base_url=url, backfill_llm="stub",
+def client_for(url: str, timeout_s: float = 10.0) -> llm.Caller:
+    return llm.make_caller(Settings(anthropic_base_url=url, backfill_llm="stub",
                                     llm_timeout_s=timeout_s))
 
 
 @pytest.mark.parametrize(("status", "kind"), sorted(STATUS_KINDS.items()))
 def test_status_maps_to_error_kind(faulty_url: str, status: int, kind: str) -> None:
     with client_for(faulty_url) as client, pytest.raises(errors.AnalysisError) as caught:
-        llm.complete(client, request_for(f"s{status}"))
+        client.complete(request_for(f"s{status}"))
     assert caught.value.kind == kind
 
 
 def test_rate_limit_carries_retry_after(faulty_url: str) -> None:
     with client_for(faulty_url) as client, pytest.raises(errors.LLMRateLimited) as caught:
-        llm.complete(client, request_for("s429"))
+        client.complete(request_for("s429"))
     assert caught.value.retry_after_s == 1.0
 
 
 def test_success_returns_text_and_usage(faulty_url: str) -> None:
     with client_for(faulty_url) as client:
-        reply = llm.complete(client, request_for("ok"))
-    assert reply.text.startswith("{") and reply.input_tokens > 0 and reply.output_tokens > 0
+        reply = client.complete(request_for("ok"))
+    usage = reply.message["usage"]
+    assert reply.message["content"][0]["text"].startswith("{")
+    assert usage["input_tokens"] > 0 and usage["output_tokens"] > 0 and reply.latency_ms >= 0
 
 
 def test_unreachable_server_is_a_connection_error() -> None:
-    from shared.services import free_port
+    from scheduler.dev.processes import free_port
 
     url = f"http://127.0.0.1:{free_port()}"
     with client_for(url) as client, pytest.raises(errors.LLMConnection):
-        llm.complete(client, request_for("x"))
+        client.complete(request_for("x"))
 
 
 def test_slow_server_is_a_timeout() -> None:
@@ -84,7 +85,7 @@ def test_slow_server_is_a_timeout() -> None:
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}"
         with client_for(url, timeout_s=0.3) as client, pytest.raises(errors.LLMTimeout):
-            llm.complete(client, request_for("x"))
+            client.complete(request_for("x"))
     finally:
         server.shutdown()
         server.server_close()

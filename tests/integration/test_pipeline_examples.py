@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from scheduler import processes
-from shared.celery_app import ANALYZE_SESSION, make_celery
+from scheduler.dev import processes
+from shared.broker import ANALYZE_SESSION, make_celery
 from shared.db import Database
 from shared.settings import Settings
 
@@ -159,7 +159,7 @@ def test_second_delivery_does_nothing(imported: Any, call_job: dict[str, Any],
 def _wait_for_empty_queue(settings: Settings, timeout_s: float = 30) -> None:
     import redis
 
-    from shared.services import redis_client_url
+    from shared.broker import redis_client_url
 
     deadline = time.monotonic() + timeout_s
     with redis.Redis.from_url(redis_client_url(settings.require_broker_url())) as client:

@@ -8,14 +8,15 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import anthropic
 import pytest
 import redis
 
+from scheduler.dev.processes import free_port
 from shared import errors
+from shared.broker import redis_client_url
+from shared.llm import make_client
 from shared.llm_stub import FaultConfig, StubServer, enable_rate_limit, make_server
 from shared.ratelimit import Cost, Feedback, Limits, RateLimiter
-from shared.services import free_port, redis_client_url
 from shared.settings import Settings
 from worker import llm
 
@@ -86,13 +87,13 @@ def strict_stub() -> Iterator[StubServer]:
     server.server_close()
 
 
-def client_for(server: StubServer, broker_url: str) -> anthropic.Anthropic:
+def client_for(server: StubServer, broker_url: str) -> llm.Caller:
     """Our own limit is far above the provider's: only its headers can hold us back."""
     settings = Settings(anthropic_base_url=f"http://127.0.0.1:{server.server_address[1]}",
                         backfill_llm="stub", broker_url=broker_url,
                         anthropic_api_key="key-" + secrets.token_hex(6),
                         rl_requests_per_min=1000, rl_max_wait_s=0.0)
-    return llm.make_client(settings)
+    return llm.make_caller(settings)
 
 
 def request(text: str) -> dict[str, Any]:
@@ -104,9 +105,9 @@ def test_an_exhausted_budget_in_the_headers_stops_the_next_call(
 ) -> None:
     with client_for(strict_stub, broker_url) as client:
         for _ in range(2):
-            llm.complete(client, request("hello"))
+            client.complete(request("hello"))
         with pytest.raises(errors.LLMRateLimited) as caught:
-            llm.complete(client, request("hello"))  # remaining 0 until reset: never sent
+            client.complete(request("hello"))  # remaining 0 until reset: never sent
     window = strict_stub.request_window
     assert window is not None and window.rejected == [] and len(window.admitted) == 2
     assert caught.value.retry_after_s is not None and caught.value.retry_after_s > 20
@@ -117,20 +118,19 @@ def test_a_429_blocks_the_bucket_for_retry_after(
 ) -> None:
     with client_for(strict_stub, broker_url) as client:
         with pytest.raises(errors.LLMRateLimited):
-            llm.complete(client, request("session_id=busy hello"))  # the provider's 429
+            client.complete(request("session_id=busy hello"))  # the provider's 429
         sent = strict_stub.request_count
         with pytest.raises(errors.LLMRateLimited) as caught:
-            llm.complete(client, request("hello"))  # refused by the shared bucket
+            client.complete(request("hello"))  # refused by the shared bucket
     assert strict_stub.request_count == sent
     assert caught.value.retry_after_s is not None and caught.value.retry_after_s > 20
 
 
 def test_an_unreachable_limiter_defers_the_call_instead_of_sending_it() -> None:
-    client = llm.make_client(Settings(anthropic_base_url="http://127.0.0.1:9",
-                                      backfill_llm="stub"))
-    assert isinstance(client, llm.LLMClient)
     dead = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5)
-    client.policy = llm.CallPolicy(limiter=RateLimiter(dead, "key", Limits(requests=10)),
-                                   max_wait_s=1.0)
-    with client, pytest.raises(errors.LLMRateLimited, match="unavailable"):
-        llm.complete(client, request("hello"))
+    policy = llm.CallPolicy(limiter=RateLimiter(dead, "key", Limits(requests=10)),
+                            max_wait_s=1.0)
+    sdk = make_client(Settings(anthropic_base_url="http://127.0.0.1:9", backfill_llm="stub"))
+    with llm.Caller(sdk, policy) as client, pytest.raises(errors.LLMRateLimited,
+                                                        match="unavailable"):
+        client.complete(request("hello"))

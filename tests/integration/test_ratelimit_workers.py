@@ -20,7 +20,7 @@ from sqlalchemy import text
 
 from chaos.cluster import scratch_database
 from chaos.seed import running_job, workspace_with_calls
-from scheduler import processes
+from scheduler.dev import processes
 from shared.db import Database
 from shared.llm_stub import StubServer, enable_rate_limit, make_server
 from shared.settings import Settings

@@ -17,15 +17,16 @@ from sqlalchemy import text
 
 from chaos.cluster import scratch_database
 from chaos.seed import running_job, workspace_with_calls
-from scheduler.dispatcher import Dispatcher
-from shared.celery_app import ANALYZE_SESSION, broker_snapshot, make_celery, task_key
+from scheduler.run.dispatcher import Dispatcher
+from shared.broker import ANALYZE_SESSION, broker_snapshot, make_celery, redis_client_url, task_key
 from shared.db import Database
-from shared.services import redis_client_url
 from shared.settings import Settings
+from shared.state import items as item_states
 from tests.integration.conftest import prepared
-from worker import llm, store
+from worker import llm
+from worker.context import WorkerContext
 from worker.leases import LeaseKeeper
-from worker.service import WorkerContext, _run_and_record
+from worker.service import run_and_record
 
 pytestmark = pytest.mark.integration
 
@@ -101,9 +102,9 @@ def age_queued(db: Database, job: str, seconds: float) -> None:
                         " WHERE job_id = :j AND state = 'queued'"), {"j": job, "s": seconds})
 
 
-def claim(db: Database, job: str, sid: str, lease_s: float = 600) -> store.Claim:
+def claim(db: Database, job: str, sid: str, lease_s: float = 600) -> item_states.Claim:
     with db.transaction() as tx:
-        found = store.claim_item(tx, job, sid, lease_s)
+        found = item_states.claim(tx, job, sid, lease_s)
     assert found is not None
     return found
 
@@ -161,11 +162,11 @@ def test_the_database_gone_while_recording_is_recovered_by_the_lease(
         "database_url": "postgresql+psycopg://postgres@127.0.0.1:1/nowhere",
         "db_connect_timeout_s": 1})
     dead_db = Database.from_settings(dead, pool_size=1)
-    client = llm.make_client(settings.model_copy(update={
+    client = llm.make_caller(settings.model_copy(update={
         "anthropic_base_url": "http://127.0.0.1:1", "backfill_llm": "stub"}))
     started = prepared(WorkerContext(settings, db, client), held)
     try:
-        assert _run_and_record(WorkerContext(dead, dead_db, client), started) == "abandoned"
+        assert run_and_record(WorkerContext(dead, dead_db, client), started) == "abandoned"
     finally:
         client.close()
         dead_db.dispose()
@@ -215,7 +216,7 @@ def test_lost_messages_are_found_and_only_those(
     with db.transaction() as tx:  # just dispatched: its message may be on its way
         tx.execute(text("UPDATE backfill_items SET queued_at = now() WHERE job_id = :j "
                         "AND session_id = :s"), {"j": job, "s": young})
-    assert dispatcher.requeue_lost_messages() == 2
+    assert dispatcher.reconciler.requeue_lost_messages() == 2
     states = {sid: row.state for sid, row in items(db, job).items()}
     assert states == {lost: "pending", taken_long_ago: "pending", waiting: "queued",
                       taken_now: "queued", young: "queued"}

@@ -13,13 +13,14 @@ from sqlalchemy import text
 
 from chaos.cluster import scratch_database
 from chaos.seed import running_job, workspace_with_calls
-from scheduler import planner
+from scheduler.jobs import planner
 from shared.db import Database
 from shared.llm_stub import make_server
 from shared.settings import Settings
+from shared.state import items as item_states
 from tests.integration.conftest import prepared, worker_context
-from worker import store
-from worker.service import WorkerContext, _run_and_record
+from worker.context import WorkerContext
+from worker.service import run_and_record
 
 pytestmark = pytest.mark.integration
 
@@ -111,9 +112,9 @@ def current_run_job(db: Database, sid: str) -> str:
              WHERE s.session_id = :s"""), {"s": sid}).scalar_one())
 
 
-def claim(db: Database, job: str, sid: str) -> store.Claim:
+def claim(db: Database, job: str, sid: str) -> item_states.Claim:
     with db.transaction() as tx:
-        found = store.claim_item(tx, job, sid, 600)
+        found = item_states.claim(tx, job, sid, 600)
     assert found is not None
     return found
 
@@ -130,7 +131,7 @@ def test_the_run_that_started_last_wins(db: Database, context: WorkerContext,
     assert first_claim.started_at < second_claim.started_at
     order = [second_claim, first_claim] if later_finishes_first else [first_claim,
                                                                        second_claim]
-    assert [_run_and_record(context, prepared(context, c)) for c in order] == [
+    assert [run_and_record(context, prepared(context, c)) for c in order] == [
         "succeeded", "succeeded"]
     assert current_run_job(db, sid) == later
     # Both runs stay in history.

@@ -24,11 +24,11 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from scheduler import processes
-from scheduler.leader import DEFAULT_LOCK_KEY, LeaderLock, lock_key_parts
+from scheduler.dev import processes
+from scheduler.run.leader import LeaderLock, lock_key_parts
+from shared.broker import redis_client_url
 from shared.migrate import upgrade_to_head
-from shared.services import redis_client_url
-from shared.settings import Settings
+from shared.settings import DEFAULT_LEADER_LOCK_KEY, Settings
 from tests.integration.conftest import LOG_DIR, service_env, wait_for_log
 
 pytestmark = pytest.mark.integration
@@ -106,7 +106,7 @@ def start_scheduler(env: dict[str, str], name: str) -> tuple[subprocess.Popen[by
 
 def lock_holders(engine: Engine) -> list[int]:
     """OS pids of the schedulers holding the default lock (from their application_name)."""
-    classid, objid = lock_key_parts(DEFAULT_LOCK_KEY)
+    classid, objid = lock_key_parts(DEFAULT_LEADER_LOCK_KEY)
     with engine.connect() as connection:
         rows = connection.execute(_LOCK_HOLDERS, {"classid": classid, "objid": objid}).all()
     return [int(row.application_name.rsplit("-", 1)[1]) for row in rows]
@@ -183,7 +183,7 @@ def test_a_leader_whose_lock_connection_dies_steps_down_and_one_scheduler_leads_
         try:
             wait_for_log(second_log, STANDBY, second)
             # What a Postgres restart does to the leader's session: the lock is gone with it.
-            classid, objid = lock_key_parts(DEFAULT_LOCK_KEY)
+            classid, objid = lock_key_parts(DEFAULT_LEADER_LOCK_KEY)
             with failover_db.connect() as connection:
                 connection.execute(text(
                     "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"

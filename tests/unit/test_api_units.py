@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any, get_args
+from typing import Any
 
 import pytest
 from rich.progress import Progress
@@ -15,19 +15,20 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from scheduler import api_guard, api_models, audit, auth, queries
-from scheduler.api import create_app
-from scheduler.api_errors import describe
-from scheduler.cli import flower_auth_problem
-from scheduler.progress import RateColumn
+from scheduler.cli.render import RateColumn
+from scheduler.cli.services import flower_auth_problem
+from scheduler.http import guard, schemas
+from scheduler.http.app import create_app
+from scheduler.http.errors import describe
+from scheduler.jobs import audit, documents, keys
 from shared.errors import InvalidInput
-from shared.models import ITEM_STATES, JOB_STATES
+from shared.vocabulary import ITEM_STATES, JOB_STATES
 
 GOOD_KEY = "bfk_good"
 
 
 async def echo(request: Request) -> JSONResponse:
-    principal = request.scope["state"][api_guard.PRINCIPAL]
+    principal = request.scope["state"][guard.PRINCIPAL]
     return JSONResponse({"body": (await request.body()).decode(),
                          "content_type": request.headers.get("content-type"),
                          "workspace": principal.workspace_id})
@@ -39,15 +40,15 @@ async def open_route(_: Request) -> JSONResponse:
 
 @pytest.fixture
 def guarded(monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    def fake_authenticate(_: Any, header: str | None) -> auth.Principal | None:
-        ok = auth.parse_bearer(header) == GOOD_KEY
-        return auth.Principal("key_1", "ws_1") if ok else None
+    def fake_authenticate(_: Any, header: str | None) -> keys.Principal | None:
+        ok = keys.parse_bearer(header) == GOOD_KEY
+        return keys.Principal("key_1", "ws_1") if ok else None
 
-    monkeypatch.setattr(api_guard.auth, "authenticate", fake_authenticate)
+    monkeypatch.setattr(guard.keys, "authenticate", fake_authenticate)
     app = Starlette(routes=[Route("/v1/echo", echo, methods=["POST"]),
                             Route("/open", open_route, methods=["POST"])])
     app.state.db = object()
-    app.add_middleware(api_guard.RequestGuard, max_body=100)
+    app.add_middleware(guard.RequestGuard, max_body=100)
     with TestClient(app) as client:
         yield client
 
@@ -87,8 +88,8 @@ def test_guard_leaves_other_paths_alone(guarded: TestClient) -> None:
 
 
 def test_deep_nesting_is_not_json() -> None:
-    assert not api_guard._is_json(b"[" * 100_000 + b"]" * 100_000)
-    assert api_guard._is_json(b'{"kind": "call", "filters": []}')
+    assert not guard.is_json(b"[" * 100_000 + b"]" * 100_000)
+    assert guard.is_json(b'{"kind": "call", "filters": []}')
 
 
 @pytest.mark.parametrize(("header", "key"), [
@@ -96,13 +97,13 @@ def test_deep_nesting_is_not_json() -> None:
     ("Bearer abc", "abc"), ("bearer  abc ", "abc"), ("Bearer " + "k" * 201, None),
 ])
 def test_parse_bearer(header: str | None, key: str | None) -> None:
-    assert auth.parse_bearer(header) == key
+    assert keys.parse_bearer(header) == key
 
 
 def test_key_hash_is_sha256_hex() -> None:
-    assert len(auth.hash_key("bfk_x")) == 64
-    assert auth.hash_key("bfk_x") == auth.hash_key("bfk_x") != auth.hash_key("bfk_y")
-    assert auth.Principal("key_1", "ws").actor == "api_key:key_1"
+    assert len(keys.hash_key("bfk_x")) == 64
+    assert keys.hash_key("bfk_x") == keys.hash_key("bfk_x") != keys.hash_key("bfk_y")
+    assert keys.Principal("key_1", "ws").actor == "api_key:key_1"
 
 
 @pytest.mark.parametrize(("error", "message"), [
@@ -118,28 +119,30 @@ def test_validation_messages_name_the_place(error: dict[str, Any], message: str)
     assert describe(error) == message
 
 
-def test_response_literals_match_the_model_states() -> None:
-    assert get_args(api_models.JobState) == JOB_STATES
-    assert get_args(api_models.ItemState) == ITEM_STATES
+def test_openapi_lists_exactly_the_states_of_the_vocabulary() -> None:
+    components = create_app().openapi()["components"]["schemas"]
+    assert components["Job"]["properties"]["state"]["enum"] == list(JOB_STATES)
+    assert components["Item"]["properties"]["state"]["enum"] == list(ITEM_STATES)
 
 
 def test_storable_refuses_nul_and_lone_surrogates() -> None:
-    assert api_models.storable("ok é") == "ok é"
+    assert schemas.storable("ok é") == "ok é"
     for bad in ("a\x00b", "\ud800"):
         with pytest.raises(ValueError):
-            api_models.storable(bad)
+            schemas.storable(bad)
 
 
 def test_cursors_round_trip_and_refuse_forgeries() -> None:
-    cursor = queries._encode(["2026-01-01T00:00:00.123456+00:00", "bf_1"])
-    created_at, job_id = queries._decode_job_cursor(cursor)
+    cursor = documents.encode_cursor(["2026-01-01T00:00:00.123456+00:00", "bf_1"])
+    created_at, job_id = documents.decode_job_cursor(cursor)
     assert (created_at.isoformat(), job_id) == ("2026-01-01T00:00:00.123456+00:00", "bf_1")
-    assert queries._decode_item_cursor(queries._encode(["call_9"])) == "call_9"
-    forged = ["", "!!!", "é", queries._encode(["x"]), queries._encode(["nope", "bf"]),
-              queries._encode(["2026-01-01T00:00:00", "bf"]), queries._encode(["a\x00", "b"])]
+    assert documents.decode_item_cursor(documents.encode_cursor(["call_9"])) == "call_9"
+    encode = documents.encode_cursor
+    forged = ["", "!!!", "é", encode(["x"]), encode(["nope", "bf"]),
+              encode(["2026-01-01T00:00:00", "bf"]), encode(["a\x00", "b"])]
     for bad in forged:
         with pytest.raises(InvalidInput, match="cursor"):
-            queries._decode_job_cursor(bad)
+            documents.decode_job_cursor(bad)
 
 
 def test_openapi_documents_auth_and_one_error_shape() -> None:
@@ -180,7 +183,7 @@ def test_rate_column_shows_sessions_per_second() -> None:
 
 
 def test_audit_details_lists_are_bounded() -> None:
-    details = audit._bounded({"session_ids": [str(i) for i in range(250)], "n": 1})
+    details = audit.bounded_details({"session_ids": [str(i) for i in range(250)], "n": 1})
     assert len(details["session_ids"]) == audit.MAX_LISTED
     assert (details["session_ids_total"], details["n"]) == (250, 1)
     assert audit.os_actor().startswith("os:")

@@ -12,14 +12,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scheduler.batches import (
+from scheduler.jobs.options import resolve_mode
+from scheduler.run.batches import (
     chunk_requests,
     custom_id_for,
     request_size,
-    resolve_mode,
     result_error,
 )
-from shared import errors, results
+from shared import errors, llm
 from shared.llm_stub_batches import JsonLines, encode_payload
 
 SAFE_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -98,14 +98,15 @@ def test_result_errors_map_to_error_kinds(result: Any, kind: str, retryable: boo
     assert (error.kind, error.retryable, error.job_fatal) == (kind, retryable, fatal)
 
 
-def test_message_text_follows_the_live_rules() -> None:
-    block = SimpleNamespace(type="text", text='{"a": 1}')
-    assert results.message_text(SimpleNamespace(stop_reason="end_turn", content=[block])) == (
-        '{"a": 1}')
+def test_answer_text_follows_the_live_rules() -> None:
+    block = {"type": "text", "text": '{"a": 1}'}
+    assert llm.answer_text({"stop_reason": "end_turn", "content": [block]}) == '{"a": 1}'
     with pytest.raises(errors.LLMRefusal):
-        results.message_text(SimpleNamespace(stop_reason="refusal", content=[block]))
+        llm.answer_text({"stop_reason": "refusal", "content": [block]})
     with pytest.raises(errors.LLMInvalidOutput):
-        results.message_text(SimpleNamespace(stop_reason="max_tokens", content=[block]))
+        llm.answer_text({"stop_reason": "max_tokens", "content": [block]})
+    with pytest.raises(errors.LLMInvalidOutput, match="no text block"):
+        llm.answer_text({"stop_reason": "end_turn", "content": [{"type": "tool_use"}]})
 
 
 def test_results_are_json_lines() -> None:

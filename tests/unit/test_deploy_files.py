@@ -23,7 +23,6 @@ import typer
 import yaml
 
 from scheduler.cli import app
-from scheduler.leader import LeaderSettings
 from shared.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -178,9 +177,8 @@ def backfill_argv_problem(argv: list[str]) -> str | None:
 
 def settings_env_names() -> set[str]:
     names: set[str] = set()
-    for model in (Settings, LeaderSettings):
-        for name, field in model.model_fields.items():
-            names.add((field.alias or name).upper())
+    for name, field in Settings.model_fields.items():
+        names.add((field.alias or name).upper())
     return names
 
 

@@ -8,20 +8,18 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from scheduler.leader import (
-    DEFAULT_LOCK_KEY,
+from scheduler.cli.probes import probe_scheduler
+from scheduler.run.leader import (
     Heartbeat,
     LeaderLoop,
-    LeaderSettings,
     heartbeat_age_s,
     libpq_params,
     lock_key_parts,
 )
-from scheduler.probes import probe_scheduler
+from shared.settings import DEFAULT_LEADER_LOCK_KEY, Settings
 
 
 @dataclass
@@ -65,7 +63,7 @@ def run_loop(answers: list[bool], tick_result: int = 0) -> tuple[ScriptedLock, l
 
 
 def test_lock_key_parts_are_what_pg_locks_shows() -> None:
-    assert lock_key_parts(DEFAULT_LOCK_KEY) == (0x6261636B, 0x66696C6C)
+    assert lock_key_parts(DEFAULT_LEADER_LOCK_KEY) == (0x6261636B, 0x66696C6C)
     assert lock_key_parts(-1) == (0xFFFFFFFF, 0xFFFFFFFF)
     assert lock_key_parts(5) == (0, 5)
 
@@ -131,6 +129,6 @@ def test_heartbeat_file_ages_and_probe_reads_it(tmp_path: Path) -> None:
 def test_leader_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BACKFILL_LEADER_LOCK_KEY", "7")
     monkeypatch.setenv("BACKFILL_SCHEDULER_HEARTBEAT_FILE", "/tmp/x.alive")
-    settings: Any = LeaderSettings()
-    assert (settings.lock_key, settings.retry_s, settings.heartbeat_file) == (
-        7, 1.0, Path("/tmp/x.alive"))
+    settings = Settings()
+    assert (settings.leader_lock_key, settings.leader_retry_s,
+            settings.scheduler_heartbeat_file) == (7, 1.0, Path("/tmp/x.alive"))

@@ -7,16 +7,15 @@ from typing import Any
 import pytest
 from sqlalchemy.dialects import postgresql
 
-from shared.errors import InvalidFilter, InvalidInput
-from shared.filters import (
+from scheduler.jobs.filters import (
     FIELDS,
     FilterRow,
     compile_filters,
-    evaluate_filters,
-    evaluate_row,
     matching_sessions,
     parse_filters,
 )
+from shared.errors import InvalidFilter, InvalidInput
+from tests.support.filters_oracle import evaluate_filters, evaluate_row
 
 GOOD = {"field": "duration_ms", "op": "gt", "value": 1000}
 

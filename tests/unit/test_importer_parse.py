@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from shared.demo_data import DEMO_WORKSPACES, generate_demo_dataset, write_jsonl
+from scheduler.dev.demo_data import DEMO_WORKSPACES, generate_demo_dataset, write_jsonl
+from scheduler.jobs.importer import ImportBatch, parse_import_file, transcript_from_text
 from shared.errors import InvalidImport
-from shared.importer import ImportBatch, parse_import_file, transcript_from_text
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "shared" / "examples" / "sessions.jsonl"
 

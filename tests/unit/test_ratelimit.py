@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import pytest
 
@@ -71,9 +70,9 @@ def test_estimate_uses_chars_and_max_tokens() -> None:
 
 
 def test_used_cost_counts_cache_writes_not_reads() -> None:
-    usage = SimpleNamespace(input_tokens=100, output_tokens=20, cache_creation_input_tokens=50,
-                            cache_read_input_tokens=900)
-    assert llm.used_cost(usage) == Cost(1, 150, 20)
+    usage = {"input_tokens": 100, "output_tokens": 20, "cache_creation_input_tokens": 50,
+             "cache_read_input_tokens": 900}
+    assert llm.used_cost({"usage": usage}) == Cost(1, 150, 20)
 
 
 def test_without_cache_control_strips_every_marker_and_keeps_the_original() -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from shared import errors
+from shared.retry import Decision, decide, retry_delay_s
 from shared.settings import Settings
-from worker.service import retry_delay_s
 
 SETTINGS = Settings(retry_base_s=2.0, retry_cap_s=60.0)
 
@@ -30,3 +31,27 @@ def test_retry_after_beyond_cap_is_capped() -> None:
 def test_jitter_spreads_delays() -> None:
     delays = {round(retry_delay_s(SETTINGS, 6, None), 3) for _ in range(50)}
     assert len(delays) > 10
+
+
+def test_decide_pauses_for_job_fatal_errors_without_an_attempt_cap() -> None:
+    assert decide(SETTINGS, 99, errors.LLMAuth("bad key")) == Decision("pause")
+
+
+def test_decide_retries_transient_errors_until_the_attempt_cap() -> None:
+    settings = Settings(retry_base_s=2.0, retry_cap_s=60.0, max_attempts=3)
+    retried = decide(settings, 2, errors.LLMOverloaded("busy", retry_after_s=5.0))
+    assert retried.action == "retry" and 5.0 <= retried.delay_s <= 60.0
+    assert decide(settings, 3, errors.LLMOverloaded("busy")) == Decision("fail")
+
+
+def test_decide_gives_invalid_output_its_own_smaller_cap() -> None:
+    settings = Settings(max_attempts=6, invalid_output_attempts=2)
+    assert decide(settings, 1, errors.LLMInvalidOutput("no")).action == "retry"
+    assert decide(settings, 2, errors.LLMInvalidOutput("no")) == Decision("fail")
+    assert decide(settings, 2, errors.LLMTimeout("slow")).action == "retry"
+
+
+def test_decide_fails_permanent_errors_at_once() -> None:
+    for permanent in (errors.LLMBadRequest("400"), errors.LLMRefusal("no"),
+                      errors.AnalysisConfigMissing("none")):
+        assert decide(SETTINGS, 1, permanent) == Decision("fail")

@@ -1,0 +1,101 @@
+"""A job's options (how much of the filtered set it takes) and its mode, validated.
+
+Options are decoded JSON from the CLI or the HTTP body; null (or a missing option) means its
+default. Messages name the option as a JSON user writes it: `options.limit: …`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from shared.errors import InvalidInput
+from shared.vocabulary import BATCH, LIVE, MODES, Mode, is_json_number, json_type
+
+OPTION_NAMES = ("sample_rate", "limit", "skip_current")
+MAX_LIMIT = 10_000_000
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """How much of the filtered set a job takes (see `selection` for the order)."""
+
+    sample_rate: float = 1.0
+    limit: int | None = None
+    skip_current: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _shown(value: object) -> str:
+    return repr(value)[:40] if is_json_number(value) else json_type(value)
+
+
+def _sample_rate(value: object) -> float:
+    if value is None:
+        return 1.0
+    # NaN fails the range test like any other value outside (0, 1].
+    if not is_json_number(value) or not 0 < value <= 1:
+        raise InvalidInput(
+            f"options.sample_rate: must be a number with 0 < r ≤ 1, got {_shown(value)}"
+        )
+    return float(value)
+
+
+def _limit(value: object) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_LIMIT:
+        raise InvalidInput(
+            f"options.limit: must be an integer with 1 ≤ n ≤ {MAX_LIMIT:,}, got {_shown(value)}"
+        )
+    return value
+
+
+def _skip_current(value: object) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise InvalidInput(f"options.skip_current: must be a boolean, got {json_type(value)}")
+    return value
+
+
+def parse_options(raw: object) -> JobOptions:
+    """Validate decoded JSON options; null (or a missing option) means its default."""
+    if raw is None:
+        return JobOptions()
+    if isinstance(raw, JobOptions):
+        return raw
+    if not isinstance(raw, Mapping):
+        raise InvalidInput(f"options: must be an object, got {json_type(raw)}")
+    unknown = sorted(str(name) for name in raw if name not in OPTION_NAMES)
+    if unknown:
+        raise InvalidInput(
+            f"options: unknown option(s) {', '.join(unknown)[:200]} "
+            f"(known: {', '.join(OPTION_NAMES)})"
+        )
+    return JobOptions(
+        sample_rate=_sample_rate(raw.get("sample_rate")),
+        limit=_limit(raw.get("limit")),
+        skip_current=_skip_current(raw.get("skip_current")),
+    )
+
+
+def parse_mode(mode: object) -> Mode | None:
+    """`live`, `batch`, or None (decided by the size of the job)."""
+    if mode is None:
+        return None
+    if mode == LIVE:
+        return LIVE
+    if mode == BATCH:
+        return BATCH
+    raise InvalidInput(f"mode: must be one of {', '.join(MODES)}, not {mode!r}")
+
+
+def resolve_mode(requested: Mode | None, matched: int, threshold: int) -> Mode:
+    """An explicit mode wins; else batch above the threshold (0 = never automatically)."""
+    if requested is not None:
+        return requested
+    return BATCH if threshold > 0 and matched > threshold else LIVE

@@ -1,0 +1,1 @@
+"""Test oracles and helpers shared by unit and integration tests."""
