@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from scheduler import processes
+from scheduler.dev.llm_stub import StubServer, make_server
 from scheduler.processes import wait_for_log
 from shared.db import Database
-from shared.llm_stub import StubServer, make_server
 from shared.settings import Settings
 from worker import llm, store
 from worker.service import Started, WorkerContext, prepare

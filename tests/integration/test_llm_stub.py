@@ -21,7 +21,7 @@ import anthropic
 import pytest
 from anthropic.types import TextBlockParam
 
-from shared.llm_stub import FaultConfig, StubServer, make_server
+from scheduler.dev.llm_stub import FaultConfig, StubServer, make_server
 
 pytestmark = pytest.mark.integration
 
@@ -464,7 +464,7 @@ def test_module_runs_as_a_process_and_stops_on_sigterm() -> None:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "shared.llm_stub", "--port", str(port)],
+        [sys.executable, "-m", "scheduler.dev.llm_stub", "--port", str(port)],
         cwd=REPO_ROOT,
         env=env,
         stdout=subprocess.DEVNULL,

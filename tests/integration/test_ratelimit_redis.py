@@ -12,8 +12,8 @@ import anthropic
 import pytest
 import redis
 
+from scheduler.dev.llm_stub import FaultConfig, StubServer, enable_rate_limit, make_server
 from shared import errors
-from shared.llm_stub import FaultConfig, StubServer, enable_rate_limit, make_server
 from shared.ratelimit import Cost, Feedback, Limits, RateLimiter
 from shared.services import free_port, redis_client_url
 from shared.settings import Settings

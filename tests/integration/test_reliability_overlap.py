@@ -14,8 +14,8 @@ from sqlalchemy import text
 from chaos.cluster import scratch_database
 from chaos.seed import running_job, workspace_with_calls
 from scheduler import planner
+from scheduler.dev.llm_stub import make_server
 from shared.db import Database
-from shared.llm_stub import make_server
 from shared.settings import Settings
 from tests.integration.conftest import prepared, worker_context
 from worker import store

@@ -20,9 +20,9 @@ from sqlalchemy import text
 from chaos.cluster import scratch_database
 from chaos.seed import workspace_with_calls
 from scheduler import planner, processes
+from scheduler.dev.llm_stub import StubServer, make_server
 from scheduler.processes import wait_for_log
 from shared.db import Database
-from shared.llm_stub import StubServer, make_server
 from shared.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -19,8 +19,8 @@ from scheduler.batches import (
     resolve_mode,
     result_error,
 )
+from scheduler.dev.llm_stub.wire import JsonLines, encode_payload
 from shared import errors, results
-from shared.llm_stub_batches import JsonLines, encode_payload
 
 SAFE_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 

@@ -1,0 +1,153 @@
+"""A local stand-in for the Anthropic Messages API, so the real SDK path runs in tests and demos.
+
+Only the standard library is used, so the stub starts anywhere the project's code does. It is a
+development tool (``scheduler.dev``): no runtime path of the product imports it. Run it with
+``backfill llm-stub`` or ``python -m scheduler.dev.llm_stub`` (same flags).
+
+Modules
+-------
+The modules form no import cycle; each imports only those above it in this list:
+
+- ``wire``: Anthropic-shaped errors, request checks, JSON / JSON Lines encoding;
+- ``content``: the text of content blocks (read by tokens, answers and faults alike);
+- ``faults``: ``FaultConfig``, which request gets which fault;
+- ``tokens``: token counts, usage and the prompt cache;
+- ``answers``: the transcript, schema-fitting values, the answer content;
+- ``ratewindow``: the request limit of ``--rpm-limit``;
+- ``messages``: ``/v1/messages`` and ``/v1/messages/count_tokens``, over a small ``Protocol``
+  of the server state;
+- ``batches``: the Message Batches endpoints (its own doc), over that ``Protocol``;
+- ``server``: ``StubServer``, routing, the HTTP handler, ``serve`` / ``main``.
+
+Endpoints
+---------
+- ``POST /v1/messages``: the Messages API (non-streaming).
+- ``POST /v1/messages/count_tokens``: ``{"input_tokens": N}`` with the same estimate.
+- ``GET /healthz``: ``{"ok": true}``.
+Anything else is a 404 ``not_found_error``. Every error body is Anthropic-shaped:
+``{"type": "error", "error": {"type": ..., "message": ...}, "request_id": ...}``.
+
+Answers
+-------
+The answer is derived, deterministically, from the *transcript*: the text of every ``user``
+message joined by newlines; where that text holds ``<transcript>…</transcript>`` sections, only
+their inside counts (instructions around the transcript never steer the answer).
+
+- A forced tool (``tool_choice`` ``{"type": "tool", "name": N}``, or ``{"type": "any"}`` = the
+  first tool) gives one ``tool_use`` block whose ``input`` fits the tool's ``input_schema``,
+  ``stop_reason: "tool_use"``.
+- Else ``output_config.format`` of type ``json_schema`` gives one text block holding the JSON
+  object, ``stop_reason: "end_turn"``.
+- Else one text block with a one-sentence summary, ``stop_reason: "end_turn"``.
+- Like the real API, a text answer longer than ``max_tokens`` is cut and
+  ``stop_reason`` becomes ``"max_tokens"`` (the JSON then no longer parses).
+
+Values that fit a JSON schema, with ``h = int(sha256(transcript + property_name), 16)``:
+
+- ``$ref`` (``#/$defs/…``) is followed; ``const`` is returned as is.
+- ``enum``: the first choice (in choice order) that appears in the transcript as a whole word,
+  case-insensitively; else ``choices[h % len(choices)]`` (``null`` is never picked unless it is
+  the only choice).
+- ``anyOf`` / ``oneOf`` / ``allOf`` and ``type`` lists: the first branch that is not ``null``.
+- ``object``: every property listed in ``properties`` (so ``required`` and
+  ``additionalProperties: false`` always hold); no type but ``properties`` means object.
+- ``array``: ``max(1, minItems)`` items.
+- ``boolean``: ``h % 2 == 0``.
+- ``number`` / ``integer``: the first number in the transcript (digits, optional decimal part),
+  else ``h % 10``; ``integer`` truncates; clamped to ``minimum`` / ``maximum``.
+- ``string``: a ``format`` (date-time, date, time, email, uuid, uri) gets a fixed sample; a name
+  ending in ``summary`` gets the first 12 words of the transcript's first user line (a line
+  ``user:``/``customer:``/``caller:``/… with the role prefix stripped; else the first non-empty
+  line); any other name gets ``"<name>: "`` + the first 6 words of that line; then padded to
+  ``minLength`` and cut to ``maxLength``.
+
+Usage and prompt caching
+------------------------
+Tokens are estimated as ``ceil(chars / 4)``. The prompt is the blocks in the order tools,
+system, messages; the cacheable prefix runs up to and including the last block carrying
+``cache_control`` (a top-level ``cache_control`` marks the last block). A prefix of at least
+1024 tokens is a cache read if the same model + prefix was seen in the last 300 s (a hit
+refreshes it, as the real cache does), else a cache write; ``input_tokens`` is then the rest.
+
+Faults (``FaultConfig``)
+------------------------
+A fault is named by an HTTP status (``"429"``, ``"529"``, ``"500"``, ``"401"``, ``"402"``, …),
+answered as that Anthropic error, or by a behaviour:
+
+- ``reset``: the connection is reset (TCP RST) before any answer;
+- ``hang``: no answer for ``hang_s`` seconds (past the client's timeout), then the connection
+  closes;
+- ``malformed_json``: a 200 whose text is cut-off JSON (``stop_reason: "end_turn"``);
+- ``refusal``: a 200 with ``stop_reason: "refusal"``;
+- ``max_tokens``: a 200 whose text is cut at half (``stop_reason: "max_tokens"``).
+
+Which request gets which fault:
+
+- ``fail_session_ids``: ``{session_id: fault}``; a request whose message text holds
+  ``session_id=<ID>`` (not followed by a word character or ``-``) always gets that fault.
+- ``rates``: ``{fault: share}``, and ``error_rate`` / ``error_status`` (one more entry): one
+  draw per request, ``sha256(body + request_number)`` mapped to [0, 1), walks the shares in
+  order (``error_status`` first), so a given sequence of requests fails the same way on every
+  run. The shares add up to at most 1.
+- ``x-api-key: invalid`` gives 401; a missing key gives 401 too. 429 answers carry
+  ``retry-after: <retry_after_s>`` (1 by default).
+
+The faults can be changed while the stub runs (a fault burst, then lifting it):
+``GET /_faults`` answers the current ``FaultConfig`` as JSON, ``POST /_faults`` with such a
+JSON object replaces it (unknown keys or faults are a 400). These admin routes take no key: the
+stub is a local test tool and binds to 127.0.0.1 by default.
+
+Request rate limit
+------------------
+``--rpm-limit R`` (``enable_rate_limit``) admits at most R Messages requests in any sliding
+window of ``--rl-window-s`` seconds (60 by default); a request over it is a 429
+``rate_limit_error`` with ``retry-after`` (seconds until a slot frees). Every answer then
+carries ``anthropic-ratelimit-requests-limit``, ``-remaining`` and ``-reset`` (RFC 3339).
+``GET /_ratelimit`` answers the limit and the monotonic times of admitted and rejected
+requests, so a test can check every window.
+
+The handler never logs: request bodies hold transcripts, which are personal data.
+"""
+
+from scheduler.dev.llm_stub.answers import answer_content, derive, faulty_content, transcript_of
+from scheduler.dev.llm_stub.faults import (
+    ConnectionFault,
+    FaultConfig,
+    faults_from_flags,
+    pick_fault,
+    raise_status_fault,
+)
+from scheduler.dev.llm_stub.messages import build_message, handle_count_tokens, handle_messages
+from scheduler.dev.llm_stub.ratewindow import RequestWindow
+from scheduler.dev.llm_stub.server import (
+    StubServer,
+    enable_rate_limit,
+    main,
+    make_server,
+    route,
+    serve,
+)
+from scheduler.dev.llm_stub.wire import ApiError
+
+__all__ = [
+    "ApiError",
+    "ConnectionFault",
+    "FaultConfig",
+    "RequestWindow",
+    "StubServer",
+    "answer_content",
+    "build_message",
+    "derive",
+    "enable_rate_limit",
+    "faults_from_flags",
+    "faulty_content",
+    "handle_count_tokens",
+    "handle_messages",
+    "main",
+    "make_server",
+    "pick_fault",
+    "raise_status_fault",
+    "route",
+    "serve",
+    "transcript_of",
+]
