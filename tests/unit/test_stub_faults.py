@@ -19,8 +19,8 @@ from scheduler.dev.llm_stub import (
     raise_status_fault,
     route,
 )
+from scheduler.dev.llm_stub.billing import PromptCache
 from scheduler.dev.llm_stub.ratewindow import RequestWindow
-from scheduler.dev.llm_stub.tokens import PromptCache
 
 SCHEMA = {"type": "object", "properties": {"summary": {"type": "string"}},
           "required": ["summary"], "additionalProperties": False}
@@ -49,6 +49,9 @@ class FakeServer:
     def next_request_number(self) -> int:
         self.count += 1
         return self.count
+
+    def note_count_tokens_request(self) -> None:
+        """Not counted: these tests only send Messages requests."""
 
 
 @pytest.mark.parametrize(("given", "name"), [

@@ -9,9 +9,12 @@ Modules
 The modules form no import cycle; each imports only those above it in this list:
 
 - ``wire``: Anthropic-shaped errors, request checks, JSON / JSON Lines encoding;
-- ``content``: the text of content blocks (read by tokens, answers and faults alike);
+- ``content``: the text of content blocks and the output schema (read by the bill, the
+  answers and the faults alike);
 - ``faults``: ``FaultConfig``, which request gets which fault;
-- ``tokens``: token counts, usage and the prompt cache;
+- ``tokens``: the tokenizer (its rule is in its doc);
+- ``billing``: the prompt blocks in cache order, the per-model cache minimums, the prompt
+  cache, ``usage`` and the count of ``count_tokens``;
 - ``answers``: the transcript, schema-fitting values, the answer content;
 - ``ratewindow``: the request limit of ``--rpm-limit``;
 - ``messages``: ``/v1/messages`` and ``/v1/messages/count_tokens``, over a small ``Protocol``
@@ -22,7 +25,8 @@ The modules form no import cycle; each imports only those above it in this list:
 Endpoints
 ---------
 - ``POST /v1/messages``: the Messages API (non-streaming).
-- ``POST /v1/messages/count_tokens``: ``{"input_tokens": N}`` with the same estimate.
+- ``POST /v1/messages/count_tokens``: ``{"input_tokens": N}``, N = exactly the input tokens
+  (uncached + cache write + cache read) that ``/v1/messages`` bills for the same body.
 - ``GET /healthz``: ``{"ok": true}``.
 Anything else is a 404 ``not_found_error``. Every error body is Anthropic-shaped:
 ``{"type": "error", "error": {"type": ..., "message": ...}, "request_id": ...}``.
@@ -39,8 +43,9 @@ their inside counts (instructions around the transcript never steer the answer).
 - Else ``output_config.format`` of type ``json_schema`` gives one text block holding the JSON
   object, ``stop_reason: "end_turn"``.
 - Else one text block with a one-sentence summary, ``stop_reason: "end_turn"``.
-- Like the real API, a text answer longer than ``max_tokens`` is cut and
-  ``stop_reason`` becomes ``"max_tokens"`` (the JSON then no longer parses).
+- Like the real API, a text answer longer than ``max_tokens`` tokens is cut to its first
+  ``max_tokens`` tokens and ``stop_reason`` becomes ``"max_tokens"`` (the JSON then no longer
+  parses).
 
 Values that fit a JSON schema, with ``h = int(sha256(transcript + property_name), 16)``:
 
@@ -63,11 +68,35 @@ Values that fit a JSON schema, with ``h = int(sha256(transcript + property_name)
 
 Usage and prompt caching
 ------------------------
-Tokens are estimated as ``ceil(chars / 4)``. The prompt is the blocks in the order tools,
-system, messages; the cacheable prefix runs up to and including the last block carrying
-``cache_control`` (a top-level ``cache_control`` marks the last block). A prefix of at least
-1024 tokens is a cache read if the same model + prefix was seen in the last 300 s (a hit
-refreshes it, as the real cache does), else a cache write; ``input_tokens`` is then the rest.
+Tokens come from the stand-in's own tokenizer (``tokens``; no characters-per-token ratio). A
+request is billed block by block, in cache order, each with a small fixed overhead:
+
+1. ``tools``: each tool's name, description and ``input_schema`` (compact JSON), + 8;
+2. the structured-output schema ``output_config.format.schema`` (compact JSON), + 40;
+3. ``system`` (a string is one block): each block's text + 1, and + 3 once;
+4. each message's content blocks (a string is one text block): a text block by its text, a
+   ``tool_result`` by its content's text, any other block by its compact JSON; + 1 each,
+   and + 3 per message;
+
+then + 4 for the request itself, never part of a cached prefix. Other settings
+(``tool_choice``, ``max_tokens``, …) are not counted.
+
+The cacheable prefix runs through the last block carrying ``cache_control`` (a top-level
+``cache_control`` marks the last block). It is cached only when it reaches the model's
+minimum, the provider's rule (``MIN_CACHEABLE_PREFIX_TOKENS``, ``min_cacheable_tokens``):
+4,096 tokens for Claude Haiku 4.5, Opus 4.5 and Opus 4.6; 2,048 for Sonnet 4.6 and Haiku 3.5;
+1,024 for Sonnet 4.5, Sonnet 4, Opus 4.1, Opus 4 and any model not in the table; ids match
+with or without a date suffix or ``-latest``. Below the minimum the request succeeds, nothing
+is cached or read and the prefix is plain input. At or above it, the prefix is a cache read
+if the same model and prefix were seen in the last 300 s (a hit refreshes it, as the real
+cache does), else a cache write.
+
+``usage``: ``input_tokens`` = the input not written to or read from the cache,
+``cache_creation_input_tokens``, ``cache_read_input_tokens``, and ``output_tokens`` = the
+tokens of the answer's text (a tool call: its name and input JSON). ``count_tokens`` answers
+the sum of the three input figures without touching the cache. ``StubServer.request_count``
+counts Messages requests (batch requests included), ``count_tokens_requests`` the
+``count_tokens`` requests.
 
 Faults (``FaultConfig``)
 ------------------------
@@ -110,6 +139,13 @@ The handler never logs: request bodies hold transcripts, which are personal data
 """
 
 from scheduler.dev.llm_stub.answers import answer_content, derive, faulty_content, transcript_of
+from scheduler.dev.llm_stub.billing import (
+    DEFAULT_MIN_CACHEABLE_PREFIX_TOKENS,
+    MIN_CACHEABLE_PREFIX_TOKENS,
+    count_input_tokens,
+    min_cacheable_tokens,
+    model_family,
+)
 from scheduler.dev.llm_stub.faults import (
     ConnectionFault,
     FaultConfig,
@@ -127,9 +163,12 @@ from scheduler.dev.llm_stub.server import (
     route,
     serve,
 )
+from scheduler.dev.llm_stub.tokens import count_tokens, tokenize
 from scheduler.dev.llm_stub.wire import ApiError
 
 __all__ = [
+    "DEFAULT_MIN_CACHEABLE_PREFIX_TOKENS",
+    "MIN_CACHEABLE_PREFIX_TOKENS",
     "ApiError",
     "ConnectionFault",
     "FaultConfig",
@@ -137,6 +176,8 @@ __all__ = [
     "StubServer",
     "answer_content",
     "build_message",
+    "count_input_tokens",
+    "count_tokens",
     "derive",
     "enable_rate_limit",
     "faults_from_flags",
@@ -145,9 +186,12 @@ __all__ = [
     "handle_messages",
     "main",
     "make_server",
+    "min_cacheable_tokens",
+    "model_family",
     "pick_fault",
     "raise_status_fault",
     "route",
     "serve",
+    "tokenize",
     "transcript_of",
 ]

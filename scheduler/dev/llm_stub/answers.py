@@ -11,8 +11,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from scheduler.dev.llm_stub.content import messages_text
-from scheduler.dev.llm_stub.tokens import CHARS_PER_TOKEN, count_tokens
+from scheduler.dev.llm_stub.content import messages_text, output_schema
+from scheduler.dev.llm_stub.tokens import count_tokens, truncate_to_tokens
 from scheduler.dev.llm_stub.wire import ApiError
 
 SUMMARY_WORDS = 12
@@ -217,16 +217,6 @@ def forced_tool(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
     raise ApiError(400, f"tool_choice: no tool named {choice.get('name')!r} in tools")
 
 
-def output_schema(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    output_format = (body.get("output_config") or {}).get("format") or {}
-    if output_format.get("type") != "json_schema":
-        return None
-    schema = output_format.get("schema")
-    if not isinstance(schema, Mapping):
-        raise ApiError(400, "output_config.format.schema: must be an object")
-    return schema
-
-
 def _one_sentence(transcript: str) -> str:
     words = " ".join(transcript.split()[:SUMMARY_WORDS]).rstrip(".!?,;:")
     return f"The conversation is about: {words}." if words else "The conversation was empty."
@@ -248,7 +238,7 @@ def answer_content(body: Mapping[str, Any]) -> tuple[list[dict[str, Any]], str]:
 def _cut_to_max_tokens(text: str, max_tokens: int) -> tuple[list[dict[str, Any]], str]:
     if count_tokens(text) <= max_tokens:
         return [{"type": "text", "text": text}], "end_turn"
-    return [{"type": "text", "text": text[: max_tokens * CHARS_PER_TOKEN]}], "max_tokens"
+    return [{"type": "text", "text": truncate_to_tokens(text, max_tokens)}], "max_tokens"
 
 
 def faulty_content(body: Mapping[str, Any], fault: str) -> tuple[list[dict[str, Any]], str]:

@@ -1,7 +1,8 @@
-"""The text that a request's content blocks carry.
+"""The parts of a request that several modules read: the text of content blocks, the
+structured-output schema.
 
-Read by the token counter (what is billed), the answers (the transcript) and the fault rules
-(the ``session_id=<ID>`` markers), so all three see a block the same way.
+Read by the bill (what is counted), the answers (the transcript, the schema to fit) and the
+fault rules (the ``session_id=<ID>`` markers), so all of them see a request the same way.
 """
 
 from __future__ import annotations
@@ -10,6 +11,13 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from scheduler.dev.llm_stub.wire import ApiError
+
+
+def compact_json(value: Any) -> str:
+    """JSON as the bill counts it: compact, non-ASCII characters as themselves."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
 
 def block_text(block: Any) -> str:
     """The text a content block contributes; blocks other than text and tool_result count by
@@ -17,12 +25,12 @@ def block_text(block: Any) -> str:
     if isinstance(block, str):
         return block
     if not isinstance(block, Mapping):
-        return json.dumps(block)
+        return compact_json(block)
     if block.get("type") == "text":
         return str(block.get("text", ""))
     if block.get("type") == "tool_result":
         return content_text(block.get("content", ""))
-    return json.dumps({k: v for k, v in block.items() if k != "cache_control"}, sort_keys=True)
+    return compact_json({k: v for k, v in block.items() if k != "cache_control"})
 
 
 def content_blocks(content: Any) -> list[Any]:
@@ -42,3 +50,14 @@ def messages_text(messages: Iterable[Any], roles: frozenset[str] | None = None) 
         if isinstance(message, Mapping) and (roles is None or message.get("role") in roles)
     ]
     return "\n".join(parts)
+
+
+def output_schema(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """``output_config.format.schema`` when the format is ``json_schema``, else None."""
+    output_format = (body.get("output_config") or {}).get("format") or {}
+    if output_format.get("type") != "json_schema":
+        return None
+    schema = output_format.get("schema")
+    if not isinstance(schema, Mapping):
+        raise ApiError(400, "output_config.format.schema: must be an object")
+    return schema

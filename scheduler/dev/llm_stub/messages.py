@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from scheduler.dev.llm_stub.answers import answer_content, faulty_content
+from scheduler.dev.llm_stub.answers import answer_content, faulty_content, forced_tool
+from scheduler.dev.llm_stub.billing import PromptCache, compute_usage, count_input_tokens
 from scheduler.dev.llm_stub.faults import (
     CONNECTION_BEHAVIOURS,
     ConnectionFault,
@@ -17,12 +17,11 @@ from scheduler.dev.llm_stub.faults import (
     raise_status_fault,
 )
 from scheduler.dev.llm_stub.ratewindow import RequestWindow, check_rate_limit
-from scheduler.dev.llm_stub.tokens import PromptCache, compute_usage, count_input_tokens
 from scheduler.dev.llm_stub.wire import (
     Answer,
     check_api_key,
     parse_body,
-    validate_message_list,
+    validate_count_tokens_request,
     validate_messages_request,
 )
 
@@ -39,6 +38,10 @@ class MessagesServer(Protocol):
         """Count a Messages request; the number also seeds the error-rate draw."""
         ...
 
+    def note_count_tokens_request(self) -> None:
+        """Count a count_tokens request (apart from Messages requests)."""
+        ...
+
 
 def build_message(
     server: MessagesServer, body: Mapping[str, Any], fault: str | None = None
@@ -52,7 +55,7 @@ def build_message(
         "content": content,
         "stop_reason": stop_reason,
         "stop_sequence": None,
-        "usage": compute_usage(server.prompt_cache, body, json.dumps(content)),
+        "usage": compute_usage(server.prompt_cache, body, content),
     }
 
 
@@ -73,8 +76,12 @@ def handle_messages(server: MessagesServer, headers: Mapping[str, str], raw: byt
     return 200, build_message(server, body, fault)
 
 
-def handle_count_tokens(headers: Mapping[str, str], raw: bytes) -> Answer:
+def handle_count_tokens(server: MessagesServer, headers: Mapping[str, str], raw: bytes) -> Answer:
+    """``{"input_tokens": N}``: N is exactly the input, cache write and cache read tokens that
+    ``/v1/messages`` bills for the same body (the cache's state does not change N)."""
+    server.note_count_tokens_request()
     check_api_key(headers)
     body = parse_body(raw)
-    validate_message_list(body.get("messages"))
+    validate_count_tokens_request(body)
+    forced_tool(body)  # a tool_choice naming no tool is a 400 here too
     return 200, {"input_tokens": count_input_tokens(body)}

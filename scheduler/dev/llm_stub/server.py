@@ -16,6 +16,7 @@ from types import FrameType
 from typing import Any
 
 from scheduler.dev.llm_stub.batches import BatchState, handle_batches, owns_path
+from scheduler.dev.llm_stub.billing import PromptCache
 from scheduler.dev.llm_stub.faults import (
     BEHAVIOURS,
     ConnectionFault,
@@ -28,7 +29,6 @@ from scheduler.dev.llm_stub.ratewindow import (
     handle_rate_window,
     rate_limit_headers,
 )
-from scheduler.dev.llm_stub.tokens import PromptCache
 from scheduler.dev.llm_stub.wire import (
     STATUS_PHRASES,
     Answer,
@@ -50,7 +50,10 @@ class StubServer(ThreadingHTTPServer):
         super().__init__(address, _Handler)
         self.latency_ms = latency_ms
         self.faults = faults
+        # Messages requests (batch requests included) and count_tokens requests, apart, so a
+        # test can tell how many calls of each kind a caller made.
         self.request_count = 0
+        self.count_tokens_requests = 0
         self.prompt_cache = PromptCache()
         self.batch_state = BatchState()
         # Set by enable_rate_limit (``--rpm-limit``); None = no request limit.
@@ -69,6 +72,10 @@ class StubServer(ThreadingHTTPServer):
         with self._lock:
             self.request_count += 1
             return self.request_count
+
+    def note_count_tokens_request(self) -> None:
+        with self._lock:
+            self.count_tokens_requests += 1
 
 
 def make_server(
@@ -104,7 +111,7 @@ def route(
     if (method, path) == ("POST", "/v1/messages"):
         return handle_messages(server, headers, raw)
     if (method, path) == ("POST", "/v1/messages/count_tokens"):
-        return handle_count_tokens(headers, raw)
+        return handle_count_tokens(server, headers, raw)
     if (method, path) == ("GET", "/_ratelimit"):
         return handle_rate_window(server.request_window)
     if path == "/_faults" and method in ("GET", "POST"):

@@ -78,6 +78,13 @@ def validate_messages_request(body: Mapping[str, Any]) -> None:
     validate_message_list(body["messages"])
 
 
+def validate_count_tokens_request(body: Mapping[str, Any]) -> None:
+    """As for Messages, without ``max_tokens`` (a count has no answer to bound)."""
+    _require(body, ("model", "messages"))
+    _validate_model(body["model"])
+    validate_message_list(body["messages"])
+
+
 def _require(body: Mapping[str, Any], names: tuple[str, ...]) -> None:
     for name in names:
         if name not in body:
