@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import text
 
 from scheduler import planner, processes, queries
+from scheduler.dev.llm_stub import min_cacheable_tokens
 from shared.db import Database
 from shared.pricing import Tokens, cost_usd
 from shared.settings import Settings
@@ -29,10 +30,12 @@ SESSIONS = 12
 
 
 def long_fields(marker: str) -> list[dict[str, Any]]:
-    """~6,000 characters of field definitions (> 1,024 tokens), unique to this run so the
-    session-wide stand-in has never cached them."""
+    """~11,000 characters of field descriptions, billed twice (system prompt and output
+    schema): a cached prefix of ~5,000 tokens, above the 4,096-token minimum of the agent's
+    model (Claude Haiku 4.5). Unique to this run so the session-wide stand-in has never
+    cached them."""
     text_ = ("Read the whole conversation carefully and note every detail that bears on this "
-             "question, including corrections the caller makes later on. ") * 3
+             "question, including corrections the caller makes later on. ") * 6
     return [{"type": "string", "name": f"detail_{n}",
              "description": f"[{marker}] Detail {n}. {text_}"} for n in range(12)]
 
@@ -94,7 +97,7 @@ def test_first_session_writes_the_prefix_the_others_read_it(
     writes = [row for row in rows if row.cache_write_tokens > 0]
     reads = [row for row in rows if row.cache_read_tokens > 0]
     assert len(writes) == 1 and len(reads) == SESSIONS - 1
-    assert writes[0].cache_write_tokens >= 1024
+    assert writes[0].cache_write_tokens >= min_cacheable_tokens("claude-haiku-4-5") == 4096
     assert {row.cache_read_tokens for row in reads} == {writes[0].cache_write_tokens}
 
 
