@@ -15,7 +15,8 @@ The modules form no import cycle; each imports only those above it in this list:
 - ``tokens``: the tokenizer (its rule is in its doc);
 - ``billing``: the prompt blocks in cache order, the per-model cache minimums, the prompt
   cache, ``usage`` and the count of ``count_tokens``;
-- ``answers``: the transcript, schema-fitting values, the answer content;
+- ``transcript``: reading a transcript: turns, words with stems and numbers, cues;
+- ``answers``: schema-fitting values (the rules below), the answer content;
 - ``ratewindow``: the request limit of ``--rpm-limit``;
 - ``messages``: ``/v1/messages`` and ``/v1/messages/count_tokens``, over a small ``Protocol``
   of the server state;
@@ -47,24 +48,47 @@ their inside counts (instructions around the transcript never steer the answer).
   ``max_tokens`` tokens and ``stop_reason`` becomes ``"max_tokens"`` (the JSON then no longer
   parses).
 
-Values that fit a JSON schema, with ``h = int(sha256(transcript + property_name), 16)``:
+Values that fit a JSON schema: a pure function of (transcript, schema), always valid.
+
+*Reading the transcript.* Turns are ``role: text`` lines (an indented or unprefixed line
+continues the turn before it); the user's turns are those of ``user``, ``customer``,
+``caller``, ``human``, ``client``, ``visitor``. Words are compared by stem: lower case, a
+plural ``s`` cut, then the first of ``ing``/``ed``/``e`` (each only if 3 letters remain), a
+final doubled consonant halved (``bookings``, ``booked``, ``book`` → ``book``; no
+synonyms). A field's words are the stems of its name's parts and its ``description`` (the
+schema's, also when it sits on an ``anyOf`` wrapper), of 3 letters or more, common function
+words and ``call``, ``user``, ``agent``, … left out. Cues are listed in ``answers`` and
+matched word for word (``booked`` is an outcome, ``book`` a request). Numbers are digits
+(``1,200``, ``42.5``) or the words zero–twelve. With
+``h = int(sha256(transcript + property_name), 16)``:
 
 - ``$ref`` (``#/$defs/…``) is followed; ``const`` is returned as is.
-- ``enum``: the first choice (in choice order) that appears in the transcript as a whole word,
-  case-insensitively; else ``choices[h % len(choices)]`` (``null`` is never picked unless it is
-  the only choice).
+- ``enum``: the choice whose words (by stem) the user said most often; ties go to the one
+  said most often by anyone, then to the one the user said last, then to choice order; if no
+  choice is said, ``choices[h % len(choices)]``. ``null`` is never picked unless it is the
+  only choice. A property named ``…sentiment`` (``user_sentiment``) takes, when it is a
+  choice: ``Unknown`` if the user said fewer than 3 words, else ``Positive`` / ``Negative`` by
+  the balance of cue words in the user's turns (thanks, great, perfect, … against angry,
+  terrible, frustrated, complaint, …), ``Neutral`` when even.
 - ``anyOf`` / ``oneOf`` / ``allOf`` and ``type`` lists: the first branch that is not ``null``.
 - ``object``: every property listed in ``properties`` (so ``required`` and
   ``additionalProperties: false`` always hold); no type but ``properties`` means object.
 - ``array``: ``max(1, minItems)`` items.
-- ``boolean``: ``h % 2 == 0``.
-- ``number`` / ``integer``: the first number in the transcript (digits, optional decimal part),
-  else ``h % 10``; ``integer`` truncates; clamped to ``minimum`` / ``maximum``.
+- ``boolean``: a property named ``successful`` or ``…_successful``: the balance of success
+  cues (booked, confirmed, resolved, refunded, thank you, …) against failure cues (cancel,
+  not interested, hang up, complaint, wrong number, …) over every turn. Any other: the
+  balance of yes cues (yes, sure, correct, booked, confirmed, …) against no cues (no, not,
+  never, cancel, any ``…n't``) in the user's turns that name one of the field's words or
+  answer a turn that does. ``h % 2 == 0`` when the balance is even.
+- ``number`` / ``integer``: the number nearest (in words) to one of the field's words, the
+  earlier on a tie (``appointment_count``, "How many appointments…" takes the number next
+  to "appointments"); else the first number; else ``h % 10``; clamped to ``minimum`` /
+  ``maximum``; ``integer`` truncates.
 - ``string``: a ``format`` (date-time, date, time, email, uuid, uri) gets a fixed sample; a name
-  ending in ``summary`` gets the first 12 words of the transcript's first user line (a line
-  ``user:``/``customer:``/``caller:``/… with the role prefix stripped; else the first non-empty
-  line); any other name gets ``"<name>: "`` + the first 6 words of that line; then padded to
-  ``minLength`` and cut to ``maxLength``.
+  ending in ``summary`` gets the first 12 words of the first user turn (else of the first
+  turn); any other name gets ``"<name>: "`` + the first 6 words of the first turn naming one
+  of the field's words (else of the first user turn); then padded to ``minLength`` and cut to
+  ``maxLength``.
 
 Usage and prompt caching
 ------------------------
@@ -138,7 +162,7 @@ requests, so a test can check every window.
 The handler never logs: request bodies hold transcripts, which are personal data.
 """
 
-from scheduler.dev.llm_stub.answers import answer_content, derive, faulty_content, transcript_of
+from scheduler.dev.llm_stub.answers import answer_content, derive, faulty_content
 from scheduler.dev.llm_stub.billing import (
     DEFAULT_MIN_CACHEABLE_PREFIX_TOKENS,
     MIN_CACHEABLE_PREFIX_TOKENS,
@@ -164,6 +188,7 @@ from scheduler.dev.llm_stub.server import (
     serve,
 )
 from scheduler.dev.llm_stub.tokens import count_tokens, tokenize
+from scheduler.dev.llm_stub.transcript import transcript_of
 from scheduler.dev.llm_stub.wire import ApiError
 
 __all__ = [

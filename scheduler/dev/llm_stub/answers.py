@@ -5,19 +5,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import secrets
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
-from scheduler.dev.llm_stub.content import messages_text, output_schema
+from scheduler.dev.llm_stub.content import output_schema
 from scheduler.dev.llm_stub.tokens import count_tokens, truncate_to_tokens
+from scheduler.dev.llm_stub.transcript import (
+    Reading,
+    Word,
+    choice_stems,
+    count_cues,
+    keywords,
+    transcript_of,
+)
 from scheduler.dev.llm_stub.wire import ApiError
 
 SUMMARY_WORDS = 12
 LABEL_WORDS = 6
-USER_ROLES = frozenset({"user", "customer", "caller", "human", "client", "visitor"})
 FORMAT_SAMPLES: dict[str, str] = {
     "date-time": "2025-01-01T00:00:00Z",
     "date": "2025-01-01",
@@ -28,69 +34,77 @@ FORMAT_SAMPLES: dict[str, str] = {
 }
 REFUSAL_TEXT = "I can't help with analysing this conversation."
 
-_TRANSCRIPT_SECTION = re.compile(r"<transcript>(.*?)</transcript>", re.DOTALL)
-_ROLE_PREFIX = re.compile(r"^\s*([A-Za-z][\w-]{0,30})\s*:\s*(.*)$")
-_NUMBER = re.compile(r"\d+(?:\.\d+)?")
-
-
-# --- transcript -------------------------------------------------------------------------------
-
-
-def transcript_of(messages: Iterable[Any]) -> str:
-    """The user text, narrowed to its ``<transcript>`` sections when it has any."""
-    text = messages_text(messages, frozenset({"user"}))
-    sections = _TRANSCRIPT_SECTION.findall(text)
-    return "\n".join(section.strip() for section in sections) if sections else text
-
-
-def first_user_line(transcript: str) -> str:
-    """The first line spoken by the user, role prefix stripped; else the first non-empty line."""
-    fallback = ""
-    for line in transcript.splitlines():
-        match = _ROLE_PREFIX.match(line)
-        text = (match.group(2) if match else line).strip()
-        if match and match.group(1).lower() in USER_ROLES and text:
-            return text
-        fallback = fallback or text
-    return fallback
+# Cues, as lower-case words or phrases, matched word for word, not by stem: "book" is a
+# request, "booked" an outcome.
+YES_CUES = frozenset({("yes",), ("yeah",), ("yep",), ("yup",), ("sure",), ("correct",),
+                      ("absolutely",), ("definitely",), ("certainly",), ("booked",),
+                      ("confirmed",)})
+NO_CUES = frozenset({("no",), ("nope",), ("not",), ("never",), ("cancel",), ("cancelled",),
+                     ("canceled",)})
+SUCCESS_CUES = frozenset({("booked",), ("confirmed",), ("resolved",), ("scheduled",),
+                          ("refunded",), ("thank", "you"), ("thanks",), ("perfect",),
+                          ("great",)})
+FAILURE_CUES = frozenset({("cancel",), ("cancelled",), ("canceled",), ("not", "interested"),
+                          ("hang", "up"), ("hung", "up"), ("complaint",), ("complain",),
+                          ("unresolved",), ("wrong", "number")})
+POSITIVE_CUES = frozenset({("thanks",), ("thank",), ("great",), ("perfect",), ("wonderful",),
+                           ("excellent",), ("awesome",), ("amazing",), ("glad",), ("happy",),
+                           ("appreciate",), ("helpful",), ("fantastic",), ("love",)})
+NEGATIVE_CUES = frozenset({("angry",), ("terrible",), ("frustrated",), ("frustrating",),
+                           ("awful",), ("horrible",), ("complaint",), ("complain",), ("upset",),
+                           ("annoyed",), ("ridiculous",), ("worst",), ("disappointed",),
+                           ("unacceptable",), ("useless",), ("hate",)})
+# Fewer user words than this and there is nothing to judge the user's sentiment by.
+MIN_USER_WORDS_FOR_SENTIMENT = 3
 
 
 # --- values that fit a schema -----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
+class _Field:
+    """The property a value is for: its name and the description the schema gives it."""
+
+    name: str
+    description: str = ""
+
+    def described(self, schema: Mapping[str, Any]) -> _Field:
+        """The same field, with the schema's description if it has one (an ``anyOf`` wrapper
+        carries it for its branches)."""
+        description = schema.get("description")
+        return replace(self, description=description) if isinstance(description, str) else self
+
+    def stems(self) -> frozenset[str]:
+        return keywords(self.name, self.description)
+
+
+@dataclass(frozen=True)
 class _Derivation:
     """What every derived value depends on: the transcript and the root schema (for $ref)."""
 
-    transcript: str
+    reading: Reading
     root: Mapping[str, Any]
 
     def digest(self, name: str) -> int:
-        return int(hashlib.sha256((self.transcript + name).encode()).hexdigest(), 16)
-
-    def words(self, count: int) -> str:
-        return " ".join(first_user_line(self.transcript).split()[:count])
-
-    def first_number(self) -> str | None:
-        match = _NUMBER.search(self.transcript)
-        return match.group(0) if match else None
+        return int(hashlib.sha256((self.reading.transcript + name).encode()).hexdigest(), 16)
 
 
 def derive(schema: Mapping[str, Any], transcript: str) -> Any:
-    """A value that fits ``schema``, derived from the transcript (rules in the module doc)."""
-    return _value(schema, "", _Derivation(transcript, schema))
+    """A value that fits ``schema``, derived from the transcript (rules in the package doc)."""
+    return _value(schema, _Field(""), _Derivation(Reading(transcript), schema))
 
 
-def _value(schema: Mapping[str, Any], name: str, ctx: _Derivation) -> Any:
+def _value(schema: Mapping[str, Any], field: _Field, ctx: _Derivation) -> Any:
     schema = _resolve(schema, ctx.root)
+    field = field.described(schema)
     if "const" in schema:
         return schema["const"]
     if "enum" in schema:
-        return _enum_value(list(schema["enum"]), name, ctx)
+        return _enum_value(list(schema["enum"]), field, ctx)
     branches = schema.get("anyOf") or schema.get("oneOf") or schema.get("allOf")
     if branches:
-        return _value(_first_non_null(branches), name, ctx)
-    return _TYPE_RULES[_schema_type(schema)](schema, name, ctx)
+        return _value(_first_non_null(branches), field, ctx)
+    return _TYPE_RULES[_schema_type(schema)](schema, field, ctx)
 
 
 def _resolve(schema: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -122,44 +136,107 @@ def _schema_type(schema: Mapping[str, Any]) -> str:
     return "array" if "items" in schema else "string"
 
 
-def _enum_value(choices: list[Any], name: str, ctx: _Derivation) -> Any:
+# --- enum ---
+
+
+def _enum_value(choices: list[Any], field: _Field, ctx: _Derivation) -> Any:
     candidates = [choice for choice in choices if choice is not None] or choices
-    for choice in candidates:
-        if _mentions(ctx.transcript, str(choice)):
-            return choice
-    return candidates[ctx.digest(name) % len(candidates)] if candidates else None
+    if not candidates:
+        return None
+    if field.name.lower().endswith("sentiment"):
+        label = _sentiment(ctx.reading)
+        matching = [choice for choice in candidates if str(choice).lower() == label.lower()]
+        if matching:
+            return matching[0]
+    mentioned = _most_mentioned(candidates, ctx.reading)
+    if mentioned is not None:
+        return mentioned
+    return candidates[ctx.digest(field.name) % len(candidates)]
 
 
-def _mentions(text: str, word: str) -> bool:
-    pattern = rf"(?<!\w){re.escape(word)}(?!\w)"
-    return bool(word) and re.search(pattern, text, re.IGNORECASE) is not None
+def _most_mentioned(choices: list[Any], reading: Reading) -> Any | None:
+    """The choice whose words the user said most often (then: said most often by anyone,
+    then: said last by the user, then: first in choice order); None if none is said."""
+    best: tuple[int, int, int] = (0, 0, -1)
+    chosen = None
+    for choice in choices:
+        stems = choice_stems(str(choice))
+        said = [word for word in reading.words if word.stem in stems]
+        by_user = [word.position for word in said if word.by_user]
+        score = (len(by_user), len(said), max(by_user, default=-1))
+        if said and score > best:
+            best, chosen = score, choice
+    return chosen
 
 
-def _object_value(schema: Mapping[str, Any], name: str, ctx: _Derivation) -> dict[str, Any]:
-    properties = schema.get("properties") or {}
-    return {key: _value(sub, key, ctx) for key, sub in properties.items()}
+def _sentiment(reading: Reading) -> str:
+    """Positive or Negative by the balance of cue words in the user's turns; Neutral when
+    they are even (or absent); Unknown when the user said almost nothing."""
+    words = reading.user_words()
+    if len(words) < MIN_USER_WORDS_FOR_SENTIMENT:
+        return "Unknown"
+    balance = count_cues(words, POSITIVE_CUES) - count_cues(words, NEGATIVE_CUES)
+    return "Positive" if balance > 0 else "Negative" if balance < 0 else "Neutral"
 
 
-def _array_value(schema: Mapping[str, Any], name: str, ctx: _Derivation) -> list[Any]:
-    items = schema.get("items")
-    count = max(1, int(schema.get("minItems", 1)))
-    return [_value(items if isinstance(items, Mapping) else {}, name, ctx) for _ in range(count)]
+# --- boolean ---
 
 
-def _boolean_value(schema: Mapping[str, Any], name: str, ctx: _Derivation) -> bool:
-    return ctx.digest(name) % 2 == 0
+def _boolean_value(schema: Mapping[str, Any], field: _Field, ctx: _Derivation) -> bool:
+    name = field.name.lower()
+    is_verdict = name == "successful" or name.endswith("_successful")
+    found = _succeeded(ctx.reading) if is_verdict else _answered_yes(field.stems(), ctx.reading)
+    return found if found is not None else ctx.digest(field.name) % 2 == 0
 
 
-def _number_value(schema: Mapping[str, Any], name: str, ctx: _Derivation) -> int | float:
-    found = ctx.first_number()
-    value: int | float = ctx.digest(name) % 10
-    if found is not None:
-        value = float(found) if "." in found else int(found)
-    return _clamp(value, schema)
+def _succeeded(reading: Reading) -> bool | None:
+    """By the balance of success and failure cues over every turn; None when even."""
+    balance = count_cues(reading.words, SUCCESS_CUES) - count_cues(reading.words, FAILURE_CUES)
+    return None if balance == 0 else balance > 0
 
 
-def _integer_value(schema: Mapping[str, Any], name: str, ctx: _Derivation) -> int:
-    return int(_number_value(schema, name, ctx))
+def _answered_yes(stems: frozenset[str], reading: Reading) -> bool | None:
+    """By the balance of yes and no cues in the user's turns about the field (turns that name
+    one of its words, or answer a turn that does); None when even or never asked."""
+    balance = 0
+    for index, turn in enumerate(reading.turns):
+        previous = reading.turns[index - 1] if index else None
+        asked = previous is not None and not previous.by_user and reading.mentions(
+            index - 1, stems)
+        if turn.by_user and (asked or reading.mentions(index, stems)):
+            words = reading.turn_words(index)
+            balance += count_cues(words, YES_CUES) - _no_cues(words)
+    return None if balance == 0 else balance > 0
+
+
+def _no_cues(words: list[Word]) -> int:
+    return count_cues(words, NO_CUES) + sum(word.text.endswith("n't") for word in words)
+
+
+# --- number ---
+
+
+def _number_value(schema: Mapping[str, Any], field: _Field, ctx: _Derivation) -> int | float:
+    found = _nearest_number(field.stems(), ctx.reading)
+    return _clamp(found if found is not None else ctx.digest(field.name) % 10, schema)
+
+
+def _nearest_number(stems: frozenset[str], reading: Reading) -> int | float | None:
+    """The number said nearest (in words) to one of the field's words, the earlier one on a
+    tie; the first number when no field word is said; None when there is no number."""
+    numbers = [word for word in reading.words if word.number is not None]
+    anchors = [word.position for word in reading.words if word.stem in stems]
+    if not numbers:
+        return None
+    if not anchors:
+        return numbers[0].number
+    nearest = min(numbers, key=lambda word: (
+        min(abs(word.position - anchor) for anchor in anchors), word.position))
+    return nearest.number
+
+
+def _integer_value(schema: Mapping[str, Any], field: _Field, ctx: _Derivation) -> int:
+    return int(_number_value(schema, field, ctx))
 
 
 def _clamp(value: int | float, schema: Mapping[str, Any]) -> int | float:
@@ -171,13 +248,29 @@ def _clamp(value: int | float, schema: Mapping[str, Any]) -> int | float:
     return value
 
 
-def _string_value(schema: Mapping[str, Any], name: str, ctx: _Derivation) -> str:
+# --- string, object, array, null ---
+
+
+def _string_value(schema: Mapping[str, Any], field: _Field, ctx: _Derivation) -> str:
     sample = FORMAT_SAMPLES.get(str(schema.get("format", "")))
-    if sample is None and name.lower().endswith("summary"):
-        sample = ctx.words(SUMMARY_WORDS)
+    if sample is None and field.name.lower().endswith("summary"):
+        sample = _first_words(ctx.reading.first_user_line(), SUMMARY_WORDS)
     if sample is None:
-        sample = f"{name}: {ctx.words(LABEL_WORDS)}".rstrip()
+        line = _line_about(field.stems(), ctx.reading)
+        sample = f"{field.name}: {_first_words(line, LABEL_WORDS)}".rstrip()
     return _fit_length(sample, schema)
+
+
+def _first_words(line: str, count: int) -> str:
+    return " ".join(line.split()[:count])
+
+
+def _line_about(stems: frozenset[str], reading: Reading) -> str:
+    """The first turn that names one of the field's words; else the first user line."""
+    for index, turn in enumerate(reading.turns):
+        if reading.mentions(index, stems):
+            return turn.text
+    return reading.first_user_line()
 
 
 def _fit_length(text: str, schema: Mapping[str, Any]) -> str:
@@ -186,7 +279,19 @@ def _fit_length(text: str, schema: Mapping[str, Any]) -> str:
     return text[: int(limit)] if isinstance(limit, int) else text
 
 
-def _null_value(schema: Mapping[str, Any], name: str, ctx: _Derivation) -> None:
+def _object_value(schema: Mapping[str, Any], field: _Field, ctx: _Derivation) -> dict[str, Any]:
+    properties = schema.get("properties") or {}
+    return {key: _value(sub, _Field(key), ctx) for key, sub in properties.items()}
+
+
+def _array_value(schema: Mapping[str, Any], field: _Field, ctx: _Derivation) -> list[Any]:
+    items = schema.get("items")
+    count = max(1, int(schema.get("minItems", 1)))
+    item_schema = items if isinstance(items, Mapping) else {}
+    return [_value(item_schema, field, ctx) for _ in range(count)]
+
+
+def _null_value(schema: Mapping[str, Any], field: _Field, ctx: _Derivation) -> None:
     return None
 
 
