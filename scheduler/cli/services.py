@@ -176,7 +176,7 @@ def llm_stub(
         "--rl-window-s", help="The window of --rpm-limit, in seconds.")] = 60.0,
 ) -> None:
     """Serve the local Anthropic-compatible stand-in (faults change at runtime: POST /_faults)."""
-    from shared.llm_stub import FaultConfig, faults_from_flags, serve
+    from scheduler.dev.llm_stub import FaultConfig, faults_from_flags, serve
 
     def faults() -> FaultConfig:
         try:

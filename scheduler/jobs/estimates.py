@@ -115,9 +115,10 @@ def _add_group(
     if not group.analysed:
         return
     request = build_request(config, [], max(settings.llm_max_tokens, 1))
-    prefix = local_token_estimate(len(system_text(config)))
-    # The prompt blocks the provider bills as input. The output schema is not counted: the
-    # stand-in does not bill it and the real API's structured-output overhead is small.
+    # The static prefix the provider caches: the structured-output schema (which repeats
+    # every field's description) and the system text; every block of the request is billed.
+    schema = json.dumps(request["output_config"]["format"]["schema"])
+    prefix = local_token_estimate(len(schema) + len(system_text(config)))
     static = local_token_estimate(len(json.dumps(request["messages"])))
     transcripts = local_token_estimate(group.transcript_chars)
     tokens = Tokens(input=transcripts + static * group.analysed,

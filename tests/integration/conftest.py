@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from scheduler.dev import processes
+from scheduler.dev.llm_stub import StubServer, make_server
 from scheduler.dev.processes import wait_for_log
 from shared.db import Database
-from shared.llm_stub import StubServer, make_server
 from shared.pipeline import Prepared, prepare
 from shared.settings import Settings
 from shared.state.items import Claim

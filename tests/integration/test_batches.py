@@ -16,11 +16,11 @@ import pytest
 from sqlalchemy import text
 
 from scheduler.dev import processes
+from scheduler.dev.llm_stub import StubServer
+from scheduler.dev.llm_stub import batches as stub_batches
 from scheduler.jobs import planner
-from shared import llm_stub_batches
 from shared.db import Database
 from shared.errors import InvalidInput
-from shared.llm_stub import StubServer
 from shared.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -124,7 +124,7 @@ def create(db: Database, settings: Settings, ws: str, mode: str | None) -> str:
 @pytest.fixture
 def batch_faults(stub_server: StubServer) -> Iterator[StubServer]:
     yield stub_server
-    llm_stub_batches.configure(stub_server)  # no faults for the tests after this one
+    stub_batches.configure(stub_server)  # no faults for the tests after this one
 
 
 def test_batch_and_live_jobs_write_the_same_analyses(pipeline: Any, db: Database,
@@ -164,7 +164,7 @@ def test_errored_and_expired_results_follow_the_retry_policy(
     markers = {f"bexp{tag}": "expired", f"berr{tag}": "errored:overloaded_error",
                f"bbad{tag}": "errored:invalid_request_error", f"bdead{tag}": "expired",
                f"bauth{tag}": "errored:authentication_error"}
-    llm_stub_batches.configure(batch_faults, fail_session_ids=markers,
+    stub_batches.configure(batch_faults, fail_session_ids=markers,
                                fail_limit={f"bexp{tag}": 1, f"berr{tag}": 1,
                                            f"bauth{tag}": 1})
     ws, _ = seed_workspace(db, {
@@ -218,7 +218,7 @@ def test_mode_is_stored_only_for_batch_jobs_and_automatic_above_threshold(
 def test_items_in_a_running_batch_hold_the_long_lease(
     pipeline: Any, db: Database, settings: Settings, batch_faults: StubServer
 ) -> None:
-    llm_stub_batches.configure(batch_faults, delay_ms=3000)
+    stub_batches.configure(batch_faults, delay_ms=3000)
     ws, _ = seed_workspace(db, {"x": "user: a slow batch"})
     job_id = create(db, settings, ws, "batch")
     deadline = time.monotonic() + 30

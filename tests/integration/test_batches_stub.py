@@ -11,8 +11,8 @@ import anthropic
 import httpx2
 import pytest
 
-from shared import llm_stub_batches
-from shared.llm_stub import FaultConfig, StubServer, make_server
+from scheduler.dev.llm_stub import FaultConfig, StubServer, make_server
+from scheduler.dev.llm_stub import batches as stub_batches
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +42,7 @@ def request(custom_id: str, content: str) -> dict[str, Any]:
 def test_batch_ends_after_the_delay_and_answers_like_messages(
     server: StubServer, client: anthropic.Anthropic
 ) -> None:
-    llm_stub_batches.configure(server, delay_ms=300)
+    stub_batches.configure(server, delay_ms=300)
     batch = client.messages.batches.create(requests=[request("a", "user: hello there")])
     assert (batch.processing_status, batch.request_counts.processing) == ("in_progress", 1)
     assert batch.results_url is None
@@ -59,7 +59,7 @@ def test_batch_ends_after_the_delay_and_answers_like_messages(
 
 def test_batch_faults_per_session_marker(server: StubServer,
                                          client: anthropic.Anthropic) -> None:
-    llm_stub_batches.configure(server, fail_session_ids={"e1": "expired", "c1": "canceled",
+    stub_batches.configure(server, fail_session_ids={"e1": "expired", "c1": "canceled",
                                                          "o1": "errored:overloaded_error"},
                                fail_limit={"e1": 1})
     requests = [request("e", "session_id=e1"), request("c", "session_id=c1"),

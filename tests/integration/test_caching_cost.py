@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import text
 
 from scheduler.dev import processes
+from scheduler.dev.llm_stub import min_cacheable_tokens
 from scheduler.jobs import documents, estimates, planner
 from shared.db import Database
 from shared.pricing import Tokens, cost_usd
@@ -30,10 +31,12 @@ SESSIONS = 12
 
 
 def long_fields(marker: str) -> list[dict[str, Any]]:
-    """~6,000 characters of field definitions (> 1,024 tokens), unique to this run so the
-    session-wide stand-in has never cached them."""
+    """~11,000 characters of field descriptions, billed twice (system prompt and output
+    schema): a cached prefix of ~5,000 tokens, above the 4,096-token minimum of the agent's
+    model (Claude Haiku 4.5). Unique to this run so the session-wide stand-in has never
+    cached them."""
     text_ = ("Read the whole conversation carefully and note every detail that bears on this "
-             "question, including corrections the caller makes later on. ") * 3
+             "question, including corrections the caller makes later on. ") * 6
     return [{"type": "string", "name": f"detail_{n}",
              "description": f"[{marker}] Detail {n}. {text_}"} for n in range(12)]
 
@@ -96,7 +99,7 @@ def test_first_session_writes_the_prefix_the_others_read_it(
     writes = [row for row in rows if row.cache_write_tokens > 0]
     reads = [row for row in rows if row.cache_read_tokens > 0]
     assert len(writes) == 1 and len(reads) == SESSIONS - 1
-    assert writes[0].cache_write_tokens >= 1024
+    assert writes[0].cache_write_tokens >= min_cacheable_tokens("claude-haiku-4-5") == 4096
     assert {row.cache_read_tokens for row in reads} == {writes[0].cache_write_tokens}
 
 
@@ -123,7 +126,7 @@ def test_preview_estimated_the_job_before_it_ran(cached_job: dict[str, Any]) -> 
     assert body["mode"] == "live"
     assert set(body["model_breakdown"]) == {"claude-haiku-4-5"}
     billed = usage["input_tokens"] + usage["cache_read_tokens"] + usage["cache_write_tokens"]
-    # chars / 4 on both sides, but the estimate cannot know the rendering exactly.
+    # The stand-in bills with its own tokenizer and counts every block, the schema too.
     assert 0.7 * billed <= body["input_tokens"] <= 1.3 * billed
     breakdown = body["model_breakdown"]["claude-haiku-4-5"]
     assert breakdown["cache_write_tokens"] > 0 and breakdown["cache_read_tokens"] > 0

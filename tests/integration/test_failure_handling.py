@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from scheduler.dev.llm_stub import FaultConfig, make_server
 from shared.db import Database
-from shared.llm_stub import FaultConfig, make_server
 from shared.settings import Settings
 from tests.integration.conftest import worker_context
 from worker.context import WorkerContext

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from scheduler.dev.llm_stub import FaultConfig, make_server
 from shared import errors
-from shared.llm_stub import FaultConfig, make_server
 from shared.settings import Settings
 from worker import llm
 

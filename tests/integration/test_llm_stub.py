@@ -21,7 +21,7 @@ import anthropic
 import pytest
 from anthropic.types import TextBlockParam
 
-from shared.llm_stub import FaultConfig, StubServer, make_server
+from scheduler.dev.llm_stub import FaultConfig, StubServer, make_server
 
 pytestmark = pytest.mark.integration
 
@@ -159,11 +159,11 @@ def test_json_answer_has_exactly_the_schema_keys_and_types(stub: StubServer) -> 
     assert len(answer["topics"]) == 1 and isinstance(answer["topics"][0], str)
 
 
-def test_enum_picks_the_first_choice_named_in_the_transcript(stub: StubServer) -> None:
-    # "other" comes first in the text, but "billing" comes first in choice order.
-    answer = ask_json(stub, "user: Some OTHER thing, and a BILLING question too")
+def test_enum_picks_the_choice_the_user_said_last_when_said_as_often(stub: StubServer) -> None:
+    # "billing" comes first in the text, "other" is said last.
+    answer = ask_json(stub, "user: A BILLING question, and some OTHER thing too")
 
-    assert answer["intent"] == "billing"
+    assert answer["intent"] == "other"
 
 
 def test_enum_needs_a_whole_word(stub: StubServer) -> None:
@@ -177,15 +177,23 @@ def test_enum_without_a_named_choice_is_picked_by_hash(stub: StubServer) -> None
     transcript = "user: Hi there, my name is Sam"
     answer = ask_json(stub, transcript)
 
-    assert answer["user_sentiment"] == hash_choice(transcript, "user_sentiment", SENTIMENTS)
     assert answer["intent"] == hash_choice(transcript, "intent", INTENTS)
+    assert answer["user_sentiment"] == "Neutral"  # the user said enough, but no cue word
 
 
-def test_numbers_come_from_the_transcript(stub: StubServer) -> None:
+def test_user_sentiment_and_success_come_from_cue_words(stub: StubServer) -> None:
+    happy = ask_json(stub, "agent: You are booked for Friday.\nuser: Perfect, thank you!")
+    angry = ask_json(stub, "user: This is terrible, cancel it, I am not interested")
+
+    assert (happy["user_sentiment"], happy["call_successful"]) == ("Positive", True)
+    assert (angry["user_sentiment"], angry["call_successful"]) == ("Negative", False)
+
+
+def test_numbers_come_from_the_transcript_next_to_the_fields_words(stub: StubServer) -> None:
     answer = ask_json(stub, "user: My budget is 42.5 dollars for 3 guests")
 
-    assert answer["party_size"] == 42.5
-    assert answer["guests"] == 42
+    assert answer["party_size"] == 42.5  # no word of "party_size" is said: the first number
+    assert answer["guests"] == 3  # next to "guests"
 
 
 def test_number_without_digits_in_the_transcript_is_below_ten(stub: StubServer) -> None:
@@ -361,31 +369,46 @@ def test_error_rate_draws_are_reproducible(start_stub: Starter) -> None:
     assert set(runs[0]) == {200, 500}
 
 
+# 8 tokens a copy ("Follow| these| analy|sis| rules| careful|ly|."): 2,000 tokens, above the
+# minimum of Sonnet 4.5 (1,024), below those of Sonnet 4.6 (2,048) and Haiku 4.5 (4,096).
+LONG_RULES = "Follow these analysis rules carefully. " * 250
+
+
+def ask_with_rules(server: StubServer, model: str, cache_control: bool) -> anthropic.types.Usage:
+    block: TextBlockParam = {"type": "text", "text": LONG_RULES}
+    if cache_control:
+        block["cache_control"] = {"type": "ephemeral"}
+    with client_for(server) as client:
+        return client.messages.create(
+            model=model,
+            max_tokens=256,
+            system=[block],
+            messages=[{"role": "user", "content": transcript_prompt("user: hi")}],
+        ).usage
+
+
 def test_prompt_cache_writes_then_reads_a_long_marked_prefix(stub: StubServer) -> None:
-    long_rules = "Follow these analysis rules carefully. " * 150  # about 1500 tokens
-    assert len(long_rules) // 4 >= 1024
-
-    def ask(cache_control: bool) -> anthropic.types.Usage:
-        block: TextBlockParam = {"type": "text", "text": long_rules}
-        if cache_control:
-            block["cache_control"] = {"type": "ephemeral"}
-        with client_for(stub) as client:
-            return client.messages.create(
-                model=MODEL,
-                max_tokens=256,
-                system=[block],
-                messages=[{"role": "user", "content": transcript_prompt("user: hi")}],
-            ).usage
-
-    uncached, first, second = ask(False), ask(True), ask(True)
+    model = "claude-sonnet-4-5"  # caches from 1,024 tokens
+    uncached, first, second = (ask_with_rules(stub, model, mark) for mark in (False, True, True))
 
     assert uncached.cache_creation_input_tokens == 0 and uncached.cache_read_input_tokens == 0
-    assert first.cache_creation_input_tokens and first.cache_creation_input_tokens >= 1024
+    assert first.cache_creation_input_tokens and 2000 <= first.cache_creation_input_tokens < 2048
     assert first.cache_read_input_tokens == 0
     assert second.cache_read_input_tokens == first.cache_creation_input_tokens
     assert second.cache_creation_input_tokens == 0
     assert second.input_tokens < uncached.input_tokens
-    assert second.input_tokens + second.cache_read_input_tokens >= uncached.input_tokens
+    assert second.input_tokens + second.cache_read_input_tokens == uncached.input_tokens
+
+
+@pytest.mark.parametrize("model", ["claude-haiku-4-5", "claude-haiku-4-5-20251001",
+                                   "claude-sonnet-4-6"])
+def test_a_prefix_below_the_models_minimum_is_never_cached(stub: StubServer, model: str) -> None:
+    uncached = ask_with_rules(stub, model, False)
+    marked = [ask_with_rules(stub, model, True) for _ in range(2)]
+
+    for usage in marked:
+        assert usage.cache_creation_input_tokens == 0 and usage.cache_read_input_tokens == 0
+        assert usage.input_tokens == uncached.input_tokens
 
 
 def test_short_marked_prefix_is_not_cached(stub: StubServer) -> None:
@@ -399,6 +422,93 @@ def test_short_marked_prefix_is_not_cached(stub: StubServer) -> None:
 
     assert usage.cache_creation_input_tokens == 0 and usage.cache_read_input_tokens == 0
     assert usage.input_tokens > 0
+
+
+EPHEMERAL: dict[str, Any] = {"type": "ephemeral"}
+RECORD_TOOL: Any = {"name": "record_analysis", "description": "Record the analysis.",
+                               "input_schema": ANALYSIS_SCHEMA}
+# name: (what the body adds, whether its marked prefix reaches Sonnet 4.5's minimum)
+COUNTED_BODIES: dict[str, tuple[dict[str, Any], bool]] = {
+    "plain": ({}, False),
+    "system string and schema": ({
+        "system": "You analyse calls.",
+        "output_config": {"format": {"type": "json_schema", "schema": ANALYSIS_SCHEMA}}}, False),
+    "tools": ({"tools": [RECORD_TOOL],
+               "tool_choice": {"type": "tool", "name": "record_analysis"}}, False),
+    "marked system and schema": ({
+        "system": [{"type": "text", "text": LONG_RULES, "cache_control": EPHEMERAL}],
+        "output_config": {"format": {"type": "json_schema", "schema": ANALYSIS_SCHEMA}}}, True),
+    "marked tool, too short": ({"tools": [RECORD_TOOL | {"cache_control": EPHEMERAL}]}, False),
+    "top-level marker": ({"system": LONG_RULES, "cache_control": EPHEMERAL}, True),
+    "several turns": ({"messages": [
+        {"role": "user", "content": transcript_prompt("user: my invoice is wrong")},
+        {"role": "assistant", "content": [{"type": "text", "text": "Which invoice?"}]},
+        {"role": "user", "content": [{"type": "text", "text": "The one from May, 240 dollars"}]},
+    ]}, False),
+}
+
+
+@pytest.mark.parametrize("name", list(COUNTED_BODIES))
+def test_count_tokens_is_exactly_what_messages_bills(stub: StubServer, name: str) -> None:
+    parts, cached = COUNTED_BODIES[name]
+    body: dict[str, Any] = {"model": "claude-sonnet-4-5", "messages": [
+        {"role": "user", "content": transcript_prompt("user: hi")}]} | parts
+    with client_for(stub) as client:
+        counted = client.messages.count_tokens(**body).input_tokens
+        first, second = (client.messages.create(max_tokens=512, **body).usage for _ in range(2))
+
+    for usage in (first, second):  # a cache write, then a read: the same total either way
+        billed = (usage.input_tokens + (usage.cache_creation_input_tokens or 0)
+                  + (usage.cache_read_input_tokens or 0))
+        assert counted == billed
+    assert bool(second.cache_read_input_tokens) == cached
+    assert stub.count_tokens_requests == 1 and stub.request_count == 2
+
+
+def test_count_tokens_counts_the_schema_and_the_tools(stub: StubServer) -> None:
+    messages: list[Any] = [{"role": "user", "content": "user: hi"}]
+    schema: Any = {"format": {"type": "json_schema", "schema": ANALYSIS_SCHEMA}}
+    with client_for(stub) as client:
+        plain = client.messages.count_tokens(model=MODEL, messages=messages).input_tokens
+        with_schema = client.messages.count_tokens(model=MODEL, messages=messages,
+                                                   output_config=schema).input_tokens
+        with_tool = client.messages.count_tokens(model=MODEL, messages=messages,
+                                                 tools=[RECORD_TOOL]).input_tokens
+
+    schema_json = len(json.dumps(ANALYSIS_SCHEMA, separators=(",", ":")))
+    assert with_schema - plain > schema_json / 5  # the schema's JSON, and an overhead
+    assert with_tool - plain > schema_json / 5
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"messages": [{"role": "user", "content": "hi"}]}, "model"),
+    ({"model": "", "messages": [{"role": "user", "content": "hi"}]}, "model"),
+    ({"model": MODEL}, "messages"),
+    ({"model": MODEL, "messages": []}, "messages"),
+    ({"model": MODEL, "messages": [{"role": "system", "content": "hi"}]}, "messages.0.role"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+      "output_config": {"format": {"type": "json_schema", "schema": "x"}}}, "output_config"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+      "tool_choice": {"type": "tool", "name": "nope"}}, "tool_choice"),
+])
+def test_count_tokens_refuses_what_messages_refuses(
+    stub: StubServer, body: dict[str, Any], field: str
+) -> None:
+    status, payload = raw_post(stub, "/v1/messages/count_tokens", json.dumps(body).encode())
+
+    assert (status, payload["error"]["type"]) == (400, "invalid_request_error")
+    assert payload["error"]["message"].startswith(field)
+
+
+def test_count_tokens_with_a_bad_key_is_401(stub: StubServer) -> None:
+    body: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    with (client_for(stub, api_key="invalid") as client,
+          pytest.raises(anthropic.AuthenticationError)):
+        client.messages.count_tokens(**body)
+    status, _ = raw_post(stub, "/v1/messages/count_tokens", json.dumps(body).encode(), api_key="")
+
+    assert status == 401
+    assert stub.count_tokens_requests == 2 and stub.request_count == 0
 
 
 def test_missing_max_tokens_is_a_400_naming_the_field(stub: StubServer) -> None:
@@ -428,8 +538,11 @@ def test_healthz_and_request_count(stub: StubServer) -> None:
 
     ask_json(stub, "user: hi")
     ask_json(stub, "user: hi")
+    with client_for(stub) as client:
+        client.messages.count_tokens(model=MODEL, messages=[{"role": "user", "content": "hi"}])
 
     assert stub.request_count == 2
+    assert stub.count_tokens_requests == 1
 
 
 def test_latency_is_applied_per_request(start_stub: Starter) -> None:
@@ -464,7 +577,7 @@ def test_module_runs_as_a_process_and_stops_on_sigterm() -> None:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "shared.llm_stub", "--port", str(port)],
+        [sys.executable, "-m", "scheduler.dev.llm_stub", "--port", str(port)],
         cwd=REPO_ROOT,
         env=env,
         stdout=subprocess.DEVNULL,

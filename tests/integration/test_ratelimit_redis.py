@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 import redis
 
+from scheduler.dev.llm_stub import FaultConfig, StubServer, enable_rate_limit, make_server
 from scheduler.dev.processes import free_port
 from shared import errors
 from shared.broker import redis_client_url
 from shared.llm import make_client
-from shared.llm_stub import FaultConfig, StubServer, enable_rate_limit, make_server
 from shared.ratelimit import Cost, Feedback, Limits, RateLimiter
 from shared.settings import Settings
 from worker import llm

@@ -21,8 +21,8 @@ from sqlalchemy import text
 from chaos.cluster import scratch_database
 from chaos.seed import running_job, workspace_with_calls
 from scheduler.dev import processes
+from scheduler.dev.llm_stub import StubServer, enable_rate_limit, make_server
 from shared.db import Database
-from shared.llm_stub import StubServer, enable_rate_limit, make_server
 from shared.settings import Settings
 from tests.integration.conftest import LOG_DIR, service_env, start_worker, wait_for_log
 

@@ -22,8 +22,8 @@ from sqlalchemy import text
 from chaos.cluster import scratch_database
 from chaos.seed import add_call, running_job, workspace_with_calls
 from scheduler.dev import processes
+from scheduler.dev.llm_stub import FaultConfig, make_server
 from shared.db import Database
-from shared.llm_stub import FaultConfig, make_server
 from shared.settings import Settings
 from tests.integration.conftest import worker_context
 from worker.context import WorkerContext

@@ -13,9 +13,9 @@ from sqlalchemy import text
 
 from chaos.cluster import scratch_database
 from chaos.seed import running_job, workspace_with_calls
+from scheduler.dev.llm_stub import make_server
 from scheduler.jobs import planner
 from shared.db import Database
-from shared.llm_stub import make_server
 from shared.settings import Settings
 from shared.state import items as item_states
 from tests.integration.conftest import prepared, worker_context

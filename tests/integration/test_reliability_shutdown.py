@@ -20,10 +20,10 @@ from sqlalchemy import text
 from chaos.cluster import scratch_database
 from chaos.seed import workspace_with_calls
 from scheduler.dev import processes
+from scheduler.dev.llm_stub import StubServer, make_server
 from scheduler.dev.processes import wait_for_log
 from scheduler.jobs import planner
 from shared.db import Database
-from shared.llm_stub import StubServer, make_server
 from shared.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from scheduler.dev.llm_stub.wire import JsonLines, encode_payload
 from scheduler.jobs.options import resolve_mode
 from scheduler.run.batches import (
     chunk_requests,
@@ -20,7 +21,6 @@ from scheduler.run.batches import (
     result_error,
 )
 from shared import errors, llm
-from shared.llm_stub_batches import JsonLines, encode_payload
 
 SAFE_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 

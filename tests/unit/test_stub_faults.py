@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from shared.llm_stub import (
+from scheduler.dev.llm_stub import (
     ApiError,
     ConnectionFault,
     FaultConfig,
@@ -19,6 +19,8 @@ from shared.llm_stub import (
     raise_status_fault,
     route,
 )
+from scheduler.dev.llm_stub.billing import PromptCache
+from scheduler.dev.llm_stub.ratewindow import RequestWindow
 
 SCHEMA = {"type": "object", "properties": {"summary": {"type": "string"}},
           "required": ["summary"], "additionalProperties": False}
@@ -40,14 +42,16 @@ class FakeServer:
     def __init__(self, faults: FaultConfig) -> None:
         self.faults = faults
         self.latency_ms = 0
+        self.prompt_cache = PromptCache()
+        self.request_window: RequestWindow | None = None
         self.count = 0
 
     def next_request_number(self) -> int:
         self.count += 1
         return self.count
 
-    def prefix_seen(self, key: str, now: float) -> bool:
-        return False
+    def note_count_tokens_request(self) -> None:
+        """Not counted: these tests only send Messages requests."""
 
 
 @pytest.mark.parametrize(("given", "name"), [
@@ -119,7 +123,7 @@ def test_refusal_answer() -> None:
 
 
 def test_connection_faults_are_raised_for_the_handler() -> None:
-    server: Any = FakeServer(FaultConfig(fail_session_ids={"a": "hang", "b": "reset"},
+    server = FakeServer(FaultConfig(fail_session_ids={"a": "hang", "b": "reset"},
                                          hang_s=7))
     for marker, behaviour in (("a", "hang"), ("b", "reset")):
         body = body_for(f"session_id={marker}")
