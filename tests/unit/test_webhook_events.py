@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from scheduler.webhooks.events import EVENT_TYPES, event_body, event_type_for
-from shared.models import JOB_STATES
+from shared.vocabulary import JOB_STATES
 
 CREATED = datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC)
 JOB = {"id": "job_1", "workspace_id": "ws_1", "state": "completed",
