@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
-SCHEMA_HEAD: Final = "0002"
+SCHEMA_HEAD: Final = "0006"
 
 
 def alembic_config(database_url: str) -> Config:
