@@ -53,7 +53,7 @@ class DatabaseUnreachable(EnvironmentProblem):
 
 
 class SchemaNotReady(EnvironmentProblem):
-    """The database has no backfill schema (or an older one): run `backfill db upgrade`."""
+    """the database has no backfill schema (or an older one): run `backfill db upgrade`"""
 
 
 class StatementTimedOut(EnvironmentProblem):
