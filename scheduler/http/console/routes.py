@@ -227,7 +227,9 @@ def jobs_page(request: Request, session: Signed, db: Db, settings: Conf,
         page = reads.jobs_page(tx, settings, state=filters["state"],
                                workspace=filters["workspace"], cursor=cursor)
         activity = reads.activity(tx, [job["id"] for job in page.items])
-        workspaces = [] if pages.is_fragment_request(request) else reads.workspace_choices(tx)
+        # A page scoped to one workspace names no other one, not even among suggestions.
+        suggest = not pages.is_fragment_request(request) and filters["workspace"] is None
+        workspaces = reads.workspace_choices(tx) if suggest else []
     jobs = [views.job_view(job, activity.get(job["id"]),
                            revert_available=changes.REVERT_AVAILABLE) for job in page.items]
     query = {key: value for key, value in filters.items() if value}
