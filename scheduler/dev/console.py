@@ -3,7 +3,7 @@
 It starts what the demo starts (embedded Postgres and Redis when no URL is set, the stand-in
 LLM, a worker, the scheduler), plus `backfill api`, makes a deployment secret under the run
 directory and a fresh admin key, and creates a backfill that runs slowly enough to watch (a
-few of its sessions always fail, so requeue has something to do). Then it prints the console's
+few of its sessions fail, so requeue has something to do). Then it prints the console's
 URL and the key.
 """
 
@@ -22,21 +22,20 @@ from scheduler.cli.runtime import open_database, resolve_settings
 from scheduler.dev import processes
 from scheduler.dev.demo import DEMO_WORKSPACE, demo_filters
 from scheduler.dev.demo_data import generate_demo_dataset, write_jsonl
-from scheduler.jobs import audit, keys, operations, planner
-from scheduler.jobs.filters import matching_sessions
+from scheduler.jobs import audit, keys, operations
 from scheduler.jobs.importer import import_batch, parse_import_file
 from scheduler.webhooks.secretbox import new_secret_key
 from shared.db import Database
 from shared.migrate import upgrade_to_head
-from shared.models import SessionRecord
-from shared.settings import Settings, get_settings
+from shared.settings import get_settings
 
 console = Console(stderr=True)
 SESSIONS = 2400
 CONCURRENCY = 8
 # Slow enough that the job runs for a minute or two: long enough to watch it live.
 LLM_LATENCY_MS = 600
-FAILING_SESSIONS = 3
+# A refusal fails its session at once; requeued, it draws again and most likely succeeds.
+REFUSED_SHARE = 0.01
 
 
 def run_console() -> None:
@@ -49,10 +48,9 @@ def run_console() -> None:
     upgrade_to_head(settings.require_database_url())
     db = open_database(settings)
     _import_dataset(db, run_dir)
-    failing = _sessions_to_fail(db, settings)
     started: list[subprocess.Popen[bytes]] = []
     try:
-        stubbed = _start_llm(run_dir, failing, started)
+        stubbed = _start_llm(run_dir, started)
         logs = run_dir / "logs"
         started.append(processes.start(processes.backfill_command(
             "worker", "--concurrency", str(CONCURRENCY)), logs / "worker.log"))
@@ -67,8 +65,8 @@ def run_console() -> None:
                                     actor=audit.os_actor(), reason="operator console tour")
         console.print(f"backfill {job.job_id} is running")
         if stubbed:
-            console.print(f"the stand-in refuses {FAILING_SESSIONS} of its sessions: they end "
-                          "failed, for the job page's requeue button")
+            console.print(f"the stand-in refuses {REFUSED_SHARE:.0%} of requests: those sessions "
+                          "end failed, for the job page's requeue button")
         console.print(f"\nconsole:   http://127.0.0.1:{port}/console/")
         console.print("admin key (shown once):")
         print(admin.key, flush=True)
@@ -98,26 +96,15 @@ def _import_dataset(db: Database, run_dir: Path) -> None:
     import_batch(db, parse_import_file(path))
 
 
-def _sessions_to_fail(db: Database, settings: Settings) -> list[str]:
-    """A few answered calls of the tour's backfill, for the stand-in to refuse."""
-    rows = planner.validate_request(settings, DEMO_WORKSPACE, "call", demo_filters(db))
-    query = (matching_sessions(DEMO_WORKSPACE, "call", rows)
-             .where(SessionRecord.status == "ended")
-             .order_by(SessionRecord.session_id).limit(FAILING_SESSIONS))
-    with db.transaction() as tx:
-        return list(tx.execute(query).scalars())
-
-
-def _start_llm(run_dir: Path, failing: list[str],
-               started: list[subprocess.Popen[bytes]]) -> bool:
+def _start_llm(run_dir: Path, started: list[subprocess.Popen[bytes]]) -> bool:
     """The stand-in, unless Claude is configured; whether the stand-in answers."""
     if get_settings().llm_mode == "anthropic":
         console.print("ANTHROPIC_API_KEY is set: analysing with Claude")
         return False
     port = processes.free_port()
-    flags = [arg for session_id in failing for arg in ("--fail-session", f"{session_id}=refusal")]
     started.append(processes.start(processes.backfill_command(
-        "llm-stub", "--port", str(port), "--latency-ms", str(LLM_LATENCY_MS), *flags),
+        "llm-stub", "--port", str(port), "--latency-ms", str(LLM_LATENCY_MS),
+        "--fault", f"refusal={REFUSED_SHARE}"),
         run_dir / "logs" / "llm-stub.log"))
     processes.wait_for_http(f"http://127.0.0.1:{port}/healthz")
     os.environ["ANTHROPIC_BASE_URL"] = f"http://127.0.0.1:{port}"
