@@ -29,8 +29,9 @@ def api_key_create(workspace: KeyWorkspace = None, admin: AdminFlag = False,
     new = guarded(lambda: keys.create_admin_key(db, actor) if workspace is None
                   else keys.create_key(db, workspace, actor))
     if as_json:
-        emit({"key": new.key, "key_id": new.key_id, "workspace_id": new.workspace_id,
-              "admin": new.admin})
+        # A workspace key's document is as it always was; an admin key's says what it is.
+        emit({"key": new.key, "key_id": new.key_id, "workspace_id": new.workspace_id}
+             | ({"admin": True} if new.admin else {}))
         return
     typer.echo(new.key)
     owner = "the operator console (admin)" if new.admin else f"workspace {workspace}"

@@ -1,7 +1,10 @@
-"""The change report and revert of a job, as the console shows and offers them.
+"""The change report and revert of a job, as the console shows and offers them: the console's
+one door to the "safe to apply" work (`scheduler.jobs.report`, `scheduler.jobs.changes`).
 
-Both belong to the "safe to apply" work (`scheduler/jobs/report.py`, `scheduler/jobs/changes.py`);
-this adapter is the console's one place that calls them.
+That work is not part of this branch yet, so here the report is absent (the job page has no
+report section) and revert is off (no button; a hand-made POST is refused). Merging it means
+calling `report.change_report(tx, job_id)` and `changes.revert(...)` from these two functions
+and setting REVERT_AVAILABLE; the pages, the confirmation step and the notice already use them.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ REVERT_AVAILABLE: Final = False
 
 
 def change_report(tx: Connection, settings: Settings, job_id: str) -> dict[str, Any] | None:
-    """The job's change report, or None while the report is not part of this release."""
+    """The job's change report (DESIGN's report JSON); None: this release has none."""
     return None
 
 
 def revert(db: Database, job_id: str, *, actor: str, reason: str | None = None,
            dry_run: bool = False) -> dict[str, Any]:
-    raise InvalidInput("revert is not part of this release")
+    """`{"reverted", "left_newer", "dry_run"}` of reverting the job for `actor`."""
+    raise InvalidInput("revert is not available in this release of the console")

@@ -291,8 +291,8 @@ async def job_action(request: Request, job_id: str, action: str) -> Response:
     if action not in views.ACTIONS:
         raise NotFound(f"no action {action[:40]!r}")
     job_url = f"{pages.root(request)}/jobs/{job_id}"
-    fields = await read_form(request)
     session = await run_in_threadpool(_signed_in, request)
+    fields = await read_form(request)
     _require_csrf(session, fields, job_url)
     db, settings = _db(request), _settings(request)
     if action in views.CONFIRMED_ACTIONS and fields.get("confirm") != "yes":
@@ -327,8 +327,8 @@ def _confirm_page(request: Request, session: ConsoleSession, db: Database, setti
     """Say what an irreversible action will do before doing it."""
     job = _job_view(db, settings, job_id)
     if action not in job.actions:
-        raise operations.JobStateConflict(
-            f"job {job_id} is {job.state}; it cannot be {action}ed now")
+        raise operations.JobStateConflict(f"job {job_id} is {job.state}: {action} is not "
+                                          "possible in that state")
     preview: dict[str, Any] = {}
     if action == "revert":
         preview = changes.revert(db, job_id, actor=keys.Admin(session.key_id).actor,
