@@ -138,24 +138,28 @@ def index(request: Request) -> RedirectResponse:
     return _redirect(f"{pages.root(request)}/jobs")
 
 
+NextPage = Annotated[str | None, Query(alias="next", max_length=2000)]
+
+
 @router.get("/sign-in")
-def sign_in_page(request: Request, next: str | None = None,
+def sign_in_page(request: Request, next_page: NextPage = None,
                  status: str | None = None) -> Response:
     sealer = _sealer(request)
     if sealer is None:
         return pages.render(request, "sign_in.html", session=None, status=503,
                             problem=NO_SECRET_KEY_MESSAGE, csrf_token=None, next=None,
                             signed_out=False, error=None)
-    return _sign_in_form(request, sealer, next=next, signed_out=status == SIGNED_OUT)
+    return _sign_in_form(request, sealer, next_page=next_page,
+                         signed_out=status == SIGNED_OUT)
 
 
-def _sign_in_form(request: Request, sealer: Sealer, *, next: str | None,
+def _sign_in_form(request: Request, sealer: Sealer, *, next_page: str | None,
                   signed_out: bool = False, error: str | None = None,
                   status: int = 200) -> Response:
     csrf_token = new_csrf_token()
     response = pages.render(request, "sign_in.html", session=None, status=status,
                             problem=None, csrf_token=csrf_token,
-                            next=_safe_next(pages.root(request), next),
+                            next=_safe_next(pages.root(request), next_page),
                             signed_out=signed_out, error=error)
     _set_cookie(response, request, SIGN_IN_COOKIE, sealer.seal_sign_in(csrf_token),
                 SIGN_IN_TTL_S)
@@ -176,10 +180,10 @@ async def sign_in(request: Request) -> Response:
     next_page = fields.get("next")
     found = await run_in_threadpool(keys.identify, _db(request), fields.get("key", "").strip())
     if found is None:
-        return _sign_in_form(request, sealer, next=next_page, status=401,
+        return _sign_in_form(request, sealer, next_page=next_page, status=401,
                              error="That key is unknown or revoked.")
     if not isinstance(found, keys.Admin):
-        return _sign_in_form(request, sealer, next=next_page, status=403,
+        return _sign_in_form(request, sealer, next_page=next_page, status=403,
                              error="That is a workspace key. The console opens only with an "
                                    "admin key (backfill api-key create --admin).")
     await run_in_threadpool(_audit_sign_in, _db(request), found)
