@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-unit lint chaos bench clean
+.PHONY: help install demo console test test-unit lint chaos bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -19,6 +19,9 @@ install: $(STAMP) ## Create .venv and install the project with its dev tools
 
 demo: $(STAMP) ## Run a real backfill end to end (embedded Postgres/Redis and stand-in LLM when unset)
 	$(VENV)/bin/backfill demo
+
+console: $(STAMP) ## Everything the demo starts plus the API: prints the operator console's URL and an admin key, runs until Enter
+	$(PY) -m scheduler.dev.console
 
 test: $(STAMP) ## Unit and integration tests (real Postgres, Redis, Celery worker, stand-in over HTTP)
 	$(PY) -m pytest

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     ForeignKey,
     Index,
@@ -254,16 +255,24 @@ class AnalysisRun(Base):
 
 
 class ApiKey(Base):
-    """A bearer key of one workspace. Only a hash is stored; the key is shown once."""
+    """A bearer key of one workspace, or an admin key. Only a hash is stored; the key is shown
+    once."""
 
     __tablename__ = "api_keys"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id"), nullable=False)
+    # Operator console: an admin key opens the console and sees every workspace, so it has
+    # none (NULL); the check keeps "admin" and "no workspace" one fact.
+    workspace_id: Mapped[str | None] = mapped_column(ForeignKey("workspaces.id"))
+    admin: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
     key_hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
     created_by: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _now()
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint("admin = (workspace_id IS NULL)", name="admin_has_no_workspace"),
+    )
 
 
 class AuditEvent(Base):
@@ -272,7 +281,8 @@ class AuditEvent(Base):
     __tablename__ = "audit_events"
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
-    workspace_id: Mapped[str] = mapped_column(String(128), nullable=False)
+    # Operator console: NULL for what belongs to no workspace (an admin key's creation).
+    workspace_id: Mapped[str | None] = mapped_column(String(128))
     job_id: Mapped[str | None] = mapped_column(String(40))
     actor: Mapped[str] = mapped_column(Text, nullable=False)  # "api_key:<id>" or "os:<user>"
     action: Mapped[str] = mapped_column(String(32), nullable=False)

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import EnvironmentProblem
@@ -33,6 +33,11 @@ class Settings(BaseSettings):
 
     # Where embedded Postgres/Redis keep their data when no URL is given.
     backfill_run_dir: str = ".run"
+
+    # The deployment's secret (a Fernet key, or several comma-separated while rotating): signs
+    # operator console sessions and encrypts webhook secrets. A SecretStr, so it never shows
+    # in a repr, a log line or a validation error.
+    secret_key: SecretStr | None = Field(None, alias="BACKFILL_SECRET_KEY")
 
     # LLM call
     default_model: str = Field("claude-haiku-4-5", alias="BACKFILL_DEFAULT_MODEL")

@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from scheduler.http import errors, routes
+from scheduler.http import console, errors, routes
 from scheduler.http.guard import RequestGuard
 from scheduler.http.schemas import Health
 from shared.broker import broker_reachable, redis_client_url
@@ -57,10 +57,15 @@ def _postgres_ok(db: Database) -> bool:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The ASGI app. Settings are read when the app starts, not when it is built."""
 
+    # A malformed BACKFILL_SECRET_KEY stops `backfill api` here, before it serves (one line,
+    # exit 3); an app built without settings finds out in its lifespan.
+    sealer = console.console_sealer(settings) if settings is not None else None
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resolved = settings or get_settings()
         app.state.settings = resolved
+        app.state.console_sealer = sealer or console.console_sealer(resolved)
         app.state.db = Database.from_settings(resolved, pool_size=API_POOL_SIZE)
         try:
             require_schema_at_head(app.state.db, resolved.database_url)
@@ -83,4 +88,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_api_route("/healthz", healthz, methods=["GET"], response_model=Health,
                       responses={503: {"model": Health, "description": "A service is down."}},
                       tags=["health"])
+    console.mount(app)
     return app

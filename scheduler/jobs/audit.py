@@ -42,7 +42,7 @@ def os_actor() -> str:
 def record(
     tx: Connection,
     *,
-    workspace_id: str,
+    workspace_id: str | None,
     job_id: str | None,
     actor: str,
     action: str,
