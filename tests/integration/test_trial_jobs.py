@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from test_api_support import make_tenant
 from scheduler.dev import processes
 from scheduler.http.app import create_app
 from scheduler.jobs import documents, operations, planner
+from scheduler.jobs.report import change_report
 from shared.db import Database
 from shared.settings import Settings
 from tests.integration.safe_support import (
@@ -149,3 +151,44 @@ def test_trial_through_the_api_and_the_cli(pipeline: Any, db: Database,
     assert "call trial" in listed.stdout
     as_json = json.loads(cli("show", job_id, "--json").stdout)
     assert as_json["trial"] is True
+
+
+def test_the_report_of_a_trial_through_the_cli_and_the_api(
+        pipeline: Any, db: Database, settings: Settings, tmp_path: Path) -> None:
+    seeded = seed(db, 8, label="trial_report")
+    job_id = create_trial(db, settings, seeded, 10)
+    wait_for_job(db, job_id)
+    with db.transaction() as tx:
+        expected = change_report(tx, job_id)
+    assert expected["trial"] is True
+    assert expected["sessions"]["analysed"] == len(seeded.analysable)
+    assert expected["sessions"]["without_before"] == 0
+    assert expected["fields"]["custom_analysis_data.legacy_score"]["type"] == "number"
+    assert expected["fields"]["custom_analysis_data.intent"]["type"] == "enum"
+
+    env = {**os.environ, **pipeline.env, "COLUMNS": "200"}
+    page = tmp_path / "report.html"
+    made = subprocess.run(processes.backfill_command("report", job_id, "--json", "--html",
+                                                     str(page)),
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout) == expected
+    html = page.read_text(encoding="utf-8")
+    assert html.lower().startswith("<!doctype html>") and job_id in html
+    assert "<script src" not in html and "<link" not in html  # self-contained
+    tables = subprocess.run(processes.backfill_command("report", job_id), env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert tables.returncode == 0 and "Change report" in tables.stdout
+    assert "TRIAL" in tables.stdout and "custom_analysis_data.intent" in tables.stdout
+    unwritable = subprocess.run(processes.backfill_command(
+        "report", job_id, "--html", str(tmp_path / "missing" / "r.html")),
+        env=env, capture_output=True, text=True, timeout=120)
+    assert unwritable.returncode == 2 and unwritable.stderr.startswith("error: --html: ")
+    missing = subprocess.run(processes.backfill_command("report", "bf_missing"), env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1 and "no backfill job" in missing.stderr
+
+    tenant_key = make_tenant(db, "trialreport", calls=1, chats=0)
+    with TestClient(create_app(settings)) as client:
+        foreign = client.get(f"/v1/backfills/{job_id}/report", headers=tenant_key.headers)
+        assert foreign.status_code == 404
