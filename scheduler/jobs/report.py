@@ -9,9 +9,9 @@ runs reads them a few times and holds only its own result in memory.
 2. one aggregate row for the session counts and every field's counts, means and type evidence,
    its columns generated per field (one row per run, no unpivot: the cheapest pass);
 3. the matrices of the boolean and enum fields, the only grouping by value;
-4. the examples: the first runs by session id that changed anything, and among them the first
-   five of each field (`row_number()`); a field whose five are not all there (it changes rarely)
-   is looked up on its own.
+4. the examples: the first runs by session id, and among them the first five changes of each
+   field (`row_number()`); a field whose five are not all there (it changes rarely) is looked
+   up on its own.
 
 The rules (absent = null, JSON equality, the type of a custom field, code-point order) are
 those of `tests/support/report_oracle.py`, which a property test holds this module to. Field
@@ -21,8 +21,9 @@ names travel as bound parameters, never as SQL text.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 from sqlalchemy import Connection, text
@@ -34,8 +35,8 @@ from shared.vocabulary import CUSTOM_FIELD_TYPES
 CUSTOM_PREFIX: Final = f"{CUSTOM_KEY}."
 EXAMPLES_PER_FIELD: Final = 5
 MATRIX_TYPES: Final = frozenset({"boolean", "enum"})
-# Runs that changed something, first by session id, read at once for the examples: five of
-# every field that changes in at least one session in a few hundred are among them.
+# The first runs by session id read at once for the examples: five of every field that
+# changes in at least one session in a few hundred are among them.
 EXAMPLE_CANDIDATES: Final = 2000
 # Fields per aggregate statement: each adds about a dozen columns, and Postgres allows 1,664
 # in one row.
@@ -55,6 +56,12 @@ _PLANNER_SETTINGS = text("""
     SELECT set_config('jit', 'off', true), set_config('work_mem', '64MB', true)
 """)
 
+_RECORDED_TYPES = text("""
+    SELECT field_types, count(*) AS runs FROM analysis_runs
+     WHERE job_id = :job_id AND before IS NOT NULL
+     GROUP BY field_types
+""")
+
 _CUSTOM_NAMES = text(f"""
     SELECT DISTINCT name FROM (
         SELECT jsonb_object_keys(r.before -> '{CUSTOM_KEY}') AS name FROM analysis_runs AS r
@@ -70,6 +77,17 @@ _CUSTOM_NAMES = text(f"""
 # --------------------------------------------------------------------------- fields
 
 
+def recorded_types(tx: Connection, job_id: str) -> dict[str, Counter[str]]:
+    """Per custom field, how many compared runs recorded each type: one pass grouped by the
+    runs' field types (a job has a configuration or a few, so the groups are few)."""
+    counts: dict[str, Counter[str]] = {}
+    for row in tx.execute(_RECORDED_TYPES, {"job_id": job_id}):
+        for name, kind in (row.field_types or {}).items():
+            if kind in CUSTOM_FIELD_TYPES:
+                counts.setdefault(name, Counter())[kind] += int(row.runs)
+    return counts
+
+
 @dataclass(frozen=True)
 class ReportField:
     """One field of the report, and where its values are in the per-run rows (`_values`)."""
@@ -78,12 +96,10 @@ class ReportField:
     """The report's name: `call_summary`, …, `custom_analysis_data.<name>`."""
     index: int
     """Its name is bound as `:f<index>`; its values are columns `b<index>`, `a<index>`."""
-    fixed_type: str | None = None
-    """The built-ins' type; a custom field's type comes from its runs."""
-
-    @property
-    def is_custom(self) -> bool:
-        return self.fixed_type is None
+    known_type: str | None
+    """The built-ins' type, or the type most runs recorded for a custom field; None for a
+    custom field no run recorded (an older configuration's): its values decide."""
+    is_custom: bool = True
 
     @property
     def name(self) -> str:
@@ -103,10 +119,6 @@ class ReportField:
         return f"v.a{self.index}"
 
     @property
-    def recorded_type(self) -> str:
-        return f"v.t{self.index}"
-
-    @property
     def differs(self) -> str:
         """JSON equality: jsonb compares numbers by value (1 = 1.0) and keeps types apart."""
         return f"({self.before} IS DISTINCT FROM {self.after})"
@@ -118,34 +130,48 @@ class ReportField:
         name = f"CAST(:{self.param} AS text)"
         before, after = ("r.before_custom", "r.after_custom") if self.is_custom else (
             "r.before", "r.result")
-        columns = [f"NULLIF({before} -> {name}, 'null'::jsonb) AS b{self.index}",
-                   f"NULLIF({after} -> {name}, 'null'::jsonb) AS a{self.index}"]
-        if self.is_custom:
-            columns.append(f"r.field_types ->> {name} AS t{self.index}")
-        return columns
+        return [f"NULLIF({before} -> {name}, 'null'::jsonb) AS b{self.index}",
+                f"NULLIF({after} -> {name}, 'null'::jsonb) AS a{self.index}"]
 
 
-def report_fields(kind: str, custom_names: Sequence[str]) -> list[ReportField]:
-    """The built-ins, then every custom field in code-point order of its name."""
-    fields = [ReportField(f"{kind}_summary", 0, "string"),
-              ReportField(f"{kind}_successful", 1, "boolean"),
-              ReportField("user_sentiment", 2, "enum")]
-    fields += [ReportField(CUSTOM_PREFIX + name, len(fields) + offset)
+def most_recorded(counts: Mapping[str, int]) -> str | None:
+    """The type most runs recorded, ties going to the first type name."""
+    recorded = [(-count, kind) for kind, count in counts.items() if count]
+    return min(recorded)[1] if recorded else None
+
+
+def report_fields(kind: str, custom_names: Sequence[str],
+                  recorded: Mapping[str, Mapping[str, int]]) -> list[ReportField]:
+    """The built-ins, then every custom field in code-point order of its name. `recorded`:
+    per custom field, how many compared runs recorded each type."""
+    fields = [ReportField(f"{kind}_summary", 0, "string", is_custom=False),
+              ReportField(f"{kind}_successful", 1, "boolean", is_custom=False),
+              ReportField("user_sentiment", 2, "enum", is_custom=False)]
+    fields += [ReportField(CUSTOM_PREFIX + name, len(fields) + offset,
+                           most_recorded(recorded.get(name, {})))
                for offset, name in enumerate(sorted(custom_names))]
     return fields
 
 
-def _values(fields: Sequence[ReportField]) -> str:
-    """A FROM item `v`: one row per run of the job, with `compared` (the run has a before) and
-    each field's values, each read once (`OFFSET 0` keeps Postgres from inlining the
-    subqueries, which would read a value again for every aggregate that uses it)."""
+_JOB_RUNS = "analysis_runs AS r WHERE r.job_id = :job_id"
+# The first compared runs by session id in code-point order (`COLLATE "C"`, whatever the
+# database's collation): where the examples are looked for first.
+_FIRST_RUNS = """(SELECT * FROM analysis_runs AS r
+                   WHERE r.job_id = :job_id AND r.before IS NOT NULL
+                   ORDER BY r.session_id COLLATE "C" LIMIT :candidates) AS r"""
+
+
+def _values(fields: Sequence[ReportField], runs: str = _JOB_RUNS) -> str:
+    """A FROM item `v`: one row per run (of the job, or of `runs`), with `compared` (the run
+    has a before) and each field's values, each read once (`OFFSET 0` keeps Postgres from
+    inlining the subqueries, which would read a value again for every aggregate that uses
+    it)."""
     columns = ", ".join(column for f in fields for column in f.extractions())
     return f"""(SELECT r.session_id, r.compared, {columns}
                   FROM (SELECT r.session_id, r.before IS NOT NULL AS compared, r.before,
-                               r.result, r.field_types,
-                               r.before -> '{CUSTOM_KEY}' AS before_custom,
+                               r.result, r.before -> '{CUSTOM_KEY}' AS before_custom,
                                r.result -> '{CUSTOM_KEY}' AS after_custom
-                          FROM analysis_runs AS r WHERE r.job_id = :job_id OFFSET 0) AS r
+                          FROM {runs} OFFSET 0) AS r
                 OFFSET 0) AS v"""
 
 
@@ -170,20 +196,13 @@ class FieldStats:
     after_present: int
     lowest_type: str | None = None
     highest_type: str | None = None
-    """The least and the greatest JSON type name among the present values, both sides."""
-    recorded: Mapping[str, int] = field(default_factory=dict)
-    """How many runs recorded each type for the field."""
+    """For a field of no recorded type: the least and the greatest JSON type name among the
+    present values, both sides."""
     before_mean: float | None = None
     after_mean: float | None = None
 
-    def report_type(self, fixed_type: str | None) -> str:
-        """The built-ins' own type; else the type most runs recorded (ties by type name);
-        else what the present values are: all booleans, all numbers, or string."""
-        if fixed_type is not None:
-            return fixed_type
-        recorded = [(-count, kind) for kind, count in self.recorded.items() if count]
-        if recorded:
-            return min(recorded)[1]
+    def inferred_type(self) -> str:
+        """What the present values are: all booleans, all numbers, or string."""
         if self.lowest_type == self.highest_type and self.lowest_type in ("boolean", "number"):
             return self.lowest_type
         return "string"
@@ -202,23 +221,20 @@ def _mean(value: str) -> str:
 
 
 def _field_columns(f: ReportField) -> dict[str, str]:
+    """Only what the field's type needs: a string or an enum has no means, and only a field
+    of no recorded type needs the types of its values."""
     columns = {
         "changed": _compared("count(*)", f.differs),
         "before_present": _compared(f"count({f.before})"),
         "after_present": _compared(f"count({f.after})"),
     }
-    if f.is_custom:
+    if f.known_type is None:
         # LEAST and GREATEST skip NULLs: the type names of the present values on both sides.
         types = f"jsonb_typeof({f.before}), jsonb_typeof({f.after})"
-        columns |= {
-            "lowest_type": _compared(f"min(LEAST({types}))"),
-            "highest_type": _compared(f"max(GREATEST({types}))"),
-            "before_mean": _mean(f.before),
-            "after_mean": _mean(f.after),
-        } | {
-            f"recorded_{kind}": _compared("count(*)", f"{f.recorded_type} = '{kind}'")
-            for kind in CUSTOM_FIELD_TYPES
-        }
+        columns |= {"lowest_type": _compared(f"min(LEAST({types}))"),
+                    "highest_type": _compared(f"max(GREATEST({types}))")}
+    if f.known_type in (None, "number"):
+        columns |= {"before_mean": _mean(f.before), "after_mean": _mean(f.after)}
     return columns
 
 
@@ -245,7 +261,6 @@ def _stats_of(values: Mapping[str, Any]) -> FieldStats:
         after_present=values["after_present"], lowest_type=values.get("lowest_type"),
         highest_type=values.get("highest_type"), before_mean=values.get("before_mean"),
         after_mean=values.get("after_mean"),
-        recorded={kind: values.get(f"recorded_{kind}", 0) for kind in CUSTOM_FIELD_TYPES},
     )
 
 
@@ -312,49 +327,62 @@ def matrices(tx: Connection, job_id: str, fields: Sequence[ReportField]
 # --------------------------------------------------------------------------- examples
 
 
-def _first_changes(tx: Connection, job_id: str, fields: Sequence[ReportField],
-                   candidates: int) -> list[dict[str, Any]]:
-    """The first five changes of each field among the first `candidates` runs that changed
-    any of `fields`, by session id in code-point order."""
-    any_change = " OR ".join(f.differs for f in fields)
+def _example(row: Any, f: ReportField) -> dict[str, Any]:
+    return {"session_id": row.session_id, "field": f.key, "before": row.before_value,
+            "after": row.after_value}
+
+
+def _first_changes(tx: Connection, job_id: str, fields: Sequence[ReportField]
+                   ) -> list[dict[str, Any]]:
+    """The first five changes of each field among the first EXAMPLE_CANDIDATES compared
+    runs by session id: only those runs' values are read."""
     pairs = ", ".join(f"({f.index}, {f.before}, {f.after})" for f in fields)
     statement = text(f"""
         SELECT e.field, e.session_id, e.before_value, e.after_value FROM (
             SELECT p.field, v.session_id, p.before_value, p.after_value,
                    row_number() OVER (PARTITION BY p.field
                                       ORDER BY v.session_id COLLATE "C") AS position
-              FROM (SELECT v.* FROM {_values(fields)}
-                     WHERE v.compared AND ({any_change})
-                     ORDER BY v.session_id COLLATE "C" LIMIT :candidates) AS v
+              FROM {_values(fields, _FIRST_RUNS)}
              CROSS JOIN LATERAL (VALUES {pairs}) AS p(field, before_value, after_value)
              WHERE p.before_value IS DISTINCT FROM p.after_value
         ) AS e
          WHERE e.position <= :per_field
     """)
-    params = _params(job_id, fields) | {"candidates": candidates,
+    params = _params(job_id, fields) | {"candidates": EXAMPLE_CANDIDATES,
                                         "per_field": EXAMPLES_PER_FIELD}
     by_index = {f.index: f for f in fields}
-    return [{"session_id": row.session_id, "field": by_index[row.field].key,
-             "before": row.before_value, "after": row.after_value}
-            for row in tx.execute(statement, params)]
+    return [_example(row, by_index[row.field]) for row in tx.execute(statement, params)]
+
+
+def _first_changes_of(tx: Connection, job_id: str, f: ReportField) -> list[dict[str, Any]]:
+    """The first five changes of one field over all the job's runs."""
+    statement = text(f"""
+        SELECT v.session_id, {f.before} AS before_value, {f.after} AS after_value
+          FROM {_values([f])}
+         WHERE v.compared AND {f.differs}
+         ORDER BY v.session_id COLLATE "C" LIMIT :per_field
+    """)
+    params = _params(job_id, [f]) | {"per_field": EXAMPLES_PER_FIELD}
+    return [_example(row, f) for row in tx.execute(statement, params)]
 
 
 def examples(tx: Connection, job_id: str, changed: Mapping[ReportField, int],
-             changed_sessions: int) -> list[dict[str, Any]]:
+             compared: int) -> list[dict[str, Any]]:
     """Up to five sessions per changed field (its first by session id), ordered by field name,
-    then session id. `changed` holds each field's count of changed sessions."""
+    then session id. `changed` holds each field's count of changed sessions, `compared` the
+    number of runs with a before."""
     fields = [f for f, count in changed.items() if count]
     if not fields:
         return []
-    found = _first_changes(tx, job_id, fields, EXAMPLE_CANDIDATES)
-    if changed_sessions > EXAMPLE_CANDIDATES:
-        # The candidates were cut short: a field that changes rarely may have its first
+    found = _first_changes(tx, job_id, fields)
+    if compared > EXAMPLE_CANDIDATES:
+        # Only the first runs were read: a field that changes rarely may have its first
         # changes past them, so it is looked up on its own.
         for f in fields:
             shown = sum(1 for example in found if example["field"] == f.key)
             if shown < min(EXAMPLES_PER_FIELD, changed[f]):
                 found = [e for e in found if e["field"] != f.key]
-                found += _first_changes(tx, job_id, [f], EXAMPLES_PER_FIELD)
+                found += _first_changes_of(tx, job_id, f)
     return sorted(found, key=lambda e: (e["field"], e["session_id"]))
 
 
@@ -383,9 +411,9 @@ def change_report(tx: Connection, job_id: str, workspace_id: str | None = None
         raise NotFound(f"no backfill job {job_id!r}")
     tx.execute(_PLANNER_SETTINGS)
     names = list(tx.execute(_CUSTOM_NAMES, {"job_id": job_id}).scalars())
-    fields = report_fields(job.kind, names)
+    fields = report_fields(job.kind, names, recorded_types(tx, job_id))
     sessions, stats = field_statistics(tx, job_id, fields)
-    types = {f.key: stats[f.key].report_type(f.fixed_type) for f in fields}
+    types = {f.key: f.known_type or stats[f.key].inferred_type() for f in fields}
     cells = matrices(tx, job_id, [f for f in fields if types[f.key] in MATRIX_TYPES])
     compared = sessions["analysed"] - sessions["without_before"]
     return {
@@ -397,5 +425,5 @@ def change_report(tx: Connection, job_id: str, workspace_id: str | None = None
         "fields": {f.key: _entry(types[f.key], stats[f.key], cells.get(f.key))
                    for f in fields},
         "examples": examples(tx, job_id, {f: stats[f.key].changed for f in fields},
-                             sessions["changed"]),
+                             compared),
     }
