@@ -89,8 +89,13 @@ def set_draft_fields(db: Database, workspace_id: str, fields: list[dict[str, Any
         """), {"ws": workspace_id, "fields": json.dumps(fields)})
 
 
+# Where the provenance is in the tuples of `current`.
+RUN_ID = 5
+
+
 def current(db: Database, session_ids: list[str]) -> dict[str, tuple[Any, ...]]:
-    """Everything of a session's current analysis, its provenance and its no-lost-update time."""
+    """Everything of a session's current analysis, its provenance (the run, at `RUN_ID`) and its
+    no-lost-update time."""
     with db.transaction() as tx:
         rows = tx.execute(text("""
             SELECT session_id, summary, successful, user_sentiment, in_voicemail,
