@@ -141,8 +141,9 @@ def _revertible(tx: Connection, job_id: str, state: str) -> None:
     # would miss them.
     in_flight = int(tx.execute(_IN_FLIGHT, {"id": job_id}).scalar_one())
     if in_flight:
-        raise JobStateConflict(f"job {job_id} still has {in_flight} sessions being analysed; "
-                               "revert it once they have finished")
+        sessions = "1 session" if in_flight == 1 else f"{in_flight} sessions"
+        raise JobStateConflict(f"job {job_id} still has {sessions} being analysed; revert it "
+                               "once they have finished")
 
 
 def revert(db: Database, job_id: str, *, actor: str, dry_run: bool = False,

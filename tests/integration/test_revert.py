@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
-from test_api_support import Tenant, make_tenant
+from test_api_support import Tenant, held_job, make_tenant
 
 from scheduler.dev import processes
 from scheduler.dev.llm_stub import StubServer
@@ -202,12 +202,29 @@ def test_revert_through_the_api_and_the_cli(pipeline: Any, db: Database, setting
     assert text_out.returncode == 0 and "would revert 0 sessions" in text_out.stdout
     missing = cli("revert", "bf_missing")
     assert missing.returncode == 1 and missing.stderr.startswith("error: no backfill job")
-    running = operations.create_job(db, settings, tenant.workspace_id, "call", [],
-                                    actor="os:pytest").job_id
-    operations.pause(db, running, actor="os:pytest", reason="hold")
-    paused = cli("revert", running, "--dry-run", "--json")
-    # A paused job reverts (once its calls in flight are done).
-    assert paused.returncode in (0, 2), paused.stderr
-    if paused.returncode == 2:
-        assert "being analysed" in paused.stderr
-    operations.cancel(db, running, actor="os:pytest", reason="done")
+
+    in_flight = job_in_flight(db, tenant, "running")
+    with TestClient(create_app(settings)) as client:
+        refused = client.post(f"/v1/backfills/{in_flight}/revert", headers=tenant.headers,
+                              json={"dry_run": True})
+        assert refused.status_code == 409 and "is running" in refused.json()["error"]["message"]
+    refused_cli = cli("revert", in_flight)
+    assert refused_cli.returncode == 2 and "is running" in refused_cli.stderr
+    # Paused, but a call is still in flight: its result would land after the revert.
+    paused = job_in_flight(db, tenant, "paused")
+    still = cli("revert", paused, "--dry-run")
+    assert still.returncode == 2 and "still has 1 session being analysed" in still.stderr
+    for job in (in_flight, paused):
+        operations.cancel(db, job, actor="os:pytest", reason="test over")
+
+
+def job_in_flight(db: Database, tenant: Tenant, state: str) -> str:
+    """A job whose one item a worker holds (a lease far ahead): nothing else will move it."""
+    job_id = held_job(db, tenant, state=state)
+    with db.transaction() as tx:
+        tx.execute(text("""
+            INSERT INTO backfill_items (job_id, session_id, state, attempts, started_at,
+                                        lease_expires_at)
+            VALUES (:job, :sid, 'running', 1, now(), now() + interval '1 hour')
+        """), {"job": job_id, "sid": tenant.call_ids[0]})
+    return job_id
