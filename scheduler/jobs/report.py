@@ -5,9 +5,11 @@ Each succeeded item of a job wrote one `analysis_runs` row holding the analysis 
 compares the two field by field. Every number is an aggregate in SQL: a report of a million
 runs reads them a few times and holds only its own result in memory.
 
-1. the custom field names: the keys of the befores' and afters' `custom_analysis_data`;
-2. one aggregate row for the session counts and every field's counts, means and type evidence,
-   its columns generated per field (one row per run, no unpivot: the cheapest pass);
+1. the custom field names (the keys of the befores' and afters' `custom_analysis_data`) and the
+   types the runs recorded for them (grouped by the runs' field types: a few groups);
+2. one aggregate row for the session counts and every field's counts, with the means and the
+   type evidence only where the field's type needs them, its columns generated per field (one
+   row per run, no unpivot: the cheapest pass);
 3. the matrices of the boolean and enum fields, the only grouping by value;
 4. the examples: the first runs by session id, and among them the first five changes of each
    field (`row_number()`); a field whose five are not all there (it changes rarely) is looked
@@ -30,6 +32,7 @@ from sqlalchemy import Connection, text
 
 from shared.analysis import CUSTOM_KEY
 from shared.errors import NotFound
+from shared.state.trials import IS_TRIAL_SQL
 from shared.vocabulary import CUSTOM_FIELD_TYPES
 
 CUSTOM_PREFIX: Final = f"{CUSTOM_KEY}."
@@ -38,13 +41,13 @@ MATRIX_TYPES: Final = frozenset({"boolean", "enum"})
 # The first runs by session id read at once for the examples: five of every field that
 # changes in at least one session in a few hundred are among them.
 EXAMPLE_CANDIDATES: Final = 2000
-# Fields per aggregate statement: each adds about a dozen columns, and Postgres allows 1,664
-# in one row.
+# Fields per aggregate statement: each adds up to seven columns, and Postgres allows 1,664 in
+# one row.
 FIELDS_PER_STATEMENT: Final = 60
 
-_JOB = text("""
-    SELECT kind, (options ->> 'trial_size') IS NOT NULL AS trial FROM backfill_jobs
-     WHERE id = :job_id AND (CAST(:ws AS text) IS NULL OR workspace_id = CAST(:ws AS text))
+_JOB = text(f"""
+    SELECT j.kind, {IS_TRIAL_SQL} AS trial FROM backfill_jobs AS j
+     WHERE j.id = :job_id AND (CAST(:ws AS text) IS NULL OR j.workspace_id = CAST(:ws AS text))
 """)
 
 # For this transaction. JIT compiling the generated expressions costs seconds and saves less.
