@@ -154,8 +154,14 @@ class BackfillJob(Base):
     created_by: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _now()
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Safe to apply: the completed trial this job was promoted from (at most one job each).
+    promoted_from: Mapped[str | None] = mapped_column(String(40))
 
     __table_args__ = (
+        Index(
+            "uq_backfill_jobs_promoted_from", "promoted_from", unique=True,
+            postgresql_where=text("promoted_from IS NOT NULL"),
+        ),
         Index(
             "uq_backfill_jobs_idempotency", "workspace_id", "idempotency_key", unique=True,
             postgresql_where=text("idempotency_key IS NOT NULL"),
@@ -243,6 +249,20 @@ class AnalysisRun(Base):
     latency_ms: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     created_at: Mapped[datetime] = _now()
+    # Safe to apply (trial runs, change reports, promote, revert).
+    # The session's analysis when this run was written, in the shape of `result`; null for
+    # runs older than the feature (reports count them apart, reverts skip them).
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # The run that had written that analysis; null when it was the imported one.
+    before_run_id: Mapped[int | None] = mapped_column(BigInteger)
+    # Custom field name -> type in the configuration the run used (the report's field types).
+    field_types: Mapped[dict[str, str]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'{}'::jsonb")
+    )
+    # False for a trial's run: kept in history, never made the session's current analysis.
+    applied: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("true"))
+    # A revert's history row names the run it undid (its job_id is null).
+    reverted_run_id: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (
         # At most one successful run per (job, session): a doubled delivery cannot write twice.
@@ -251,6 +271,9 @@ class AnalysisRun(Base):
             postgresql_where=text("job_id IS NOT NULL"),
         ),
         Index("ix_analysis_runs_session", "session_id", "created_at"),
+        # "Was this run reverted already?": a second revert of a job changes nothing.
+        Index("ix_analysis_runs_reverted", "reverted_run_id",
+              postgresql_where=text("reverted_run_id IS NOT NULL")),
     )
 
 

@@ -7,6 +7,10 @@ Live (`worker.service`) and batch (`scheduler.run.batches`) differ only in how t
 travels — one Messages call per session, or a Message Batch polled later — so a batch-mode job
 and a live-mode job over the same sessions write the same analyses. Every step that changes a
 row goes through `shared.state`; what a failure does next is `shared.retry`'s decision.
+
+Resolving also decides how the result is recorded (`shared.state.trials`): a trial's results
+stay in history; a job promoted from a trial that already analysed this session with this very
+configuration records the trial's result right there, and no request is sent at all.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from shared import analysis, llm, retry
 from shared.errors import AnalysisError
 from shared.pricing import Tokens
 from shared.settings import Settings
-from shared.state import items, jobs, runs
+from shared.state import items, jobs, runs, trials
 from shared.state.items import Claim
 from shared.vocabulary import SKIP_DELETED, SKIP_NO_TRANSCRIPT, SKIP_NOT_CONNECTED, Outcome
 
@@ -42,11 +46,14 @@ class SessionData:
 
 @dataclass(frozen=True)
 class Resolved:
-    """A claimed item, its session and the configuration its analysis uses."""
+    """A claimed item, its session, the configuration its analysis uses and how the result
+    is recorded."""
 
     claim: Claim
     session: SessionData
     config: analysis.EffectiveConfig
+    config_hash: str
+    recording: trials.Recording
 
 
 @dataclass(frozen=True)
@@ -154,20 +161,26 @@ def resolve(tx: Connection, settings: Settings, claim: Claim,
     """The item with its configuration, or the outcome of a configuration that cannot be
     used (config_missing: failed at once)."""
     try:
-        return Resolved(claim, session, resolve_config(tx, settings, session))
+        config = resolve_config(tx, settings, session)
     except AnalysisError as exc:
         return record_failure(tx, settings, claim, exc)
+    config_hash = analysis.config_hash(config)
+    recording = trials.recording_for(tx, claim.job_id, session.session_id, config_hash)
+    return Resolved(claim, session, config, config_hash, recording)
 
 
 def prepare(tx: Connection, settings: Settings, claim: Claim) -> Prepared | Outcome:
     """In the claim's transaction: everything the request needs, or the outcome that ends the
-    item here (skipped; failed for a configuration that cannot be used)."""
+    item here (skipped; failed for a configuration that cannot be used; succeeded with the
+    result of the trial this job was promoted from)."""
     session = load_or_skip(tx, claim)
     if session is None:
         return "skipped"
     resolved = resolve(tx, settings, claim, session)
     if isinstance(resolved, str):
         return resolved
+    if resolved.recording.reusable is not None:
+        return record_reused(tx, resolved, resolved.recording.reusable)
     request = analysis.build_request(resolved.config, session.transcript,
                                      settings.llm_max_tokens)
     return Prepared(resolved, request)
@@ -183,13 +196,18 @@ def interpret(config: analysis.EffectiveConfig, message: Mapping[str, Any]) -> A
     return Answer(result, llm.answer_tokens(message))
 
 
+def _field_types(config: analysis.EffectiveConfig) -> dict[str, str]:
+    return {spec.name: spec.type for spec in config.custom_fields}
+
+
 def record_success(tx: Connection, resolved: Resolved, answer: Answer,
                    latency_ms: int) -> Outcome:
     config, result = resolved.config, answer.result
     provenance = runs.Provenance(
         workspace_id=resolved.session.workspace_id, agent_id=config.agent_id,
         agent_version=config.agent_version, used_draft=config.used_draft, model=config.model,
-        requested_model=config.requested_model, config_hash=analysis.config_hash(config),
+        requested_model=config.requested_model, config_hash=resolved.config_hash,
+        field_types=_field_types(config),
     )
     written = runs.Analysis(
         summary=result.summary, successful=result.successful,
@@ -197,7 +215,28 @@ def record_success(tx: Connection, resolved: Resolved, answer: Answer,
         document=analysis.analysis_json(resolved.session.kind, result),
     )
     return runs.record_success(tx, resolved.claim, provenance, written,
-                               runs.Billing(answer.tokens, latency_ms))
+                               runs.Billing(answer.tokens, latency_ms),
+                               apply=resolved.recording.apply)
+
+
+def record_reused(tx: Connection, resolved: Resolved, trial_run: trials.TrialRun) -> Outcome:
+    """The trial's result as this job's run: nothing billed, and the trial run's start time,
+    so a run of another job that started after the trial still wins over it."""
+    document, kind = trial_run.result, resolved.session.kind
+    provenance = runs.Provenance(
+        workspace_id=resolved.session.workspace_id, agent_id=trial_run.agent_id,
+        agent_version=trial_run.agent_version, used_draft=trial_run.used_draft,
+        model=trial_run.model, requested_model=trial_run.requested_model,
+        config_hash=resolved.config_hash, field_types=trial_run.field_types,
+    )
+    written = runs.Analysis(
+        summary=document[f"{kind}_summary"], successful=document[f"{kind}_successful"],
+        user_sentiment=document["user_sentiment"], custom=document[analysis.CUSTOM_KEY],
+        document=document,
+    )
+    return runs.record_success(tx, resolved.claim, provenance, written,
+                               runs.Billing(Tokens(), 0), apply=resolved.recording.apply,
+                               started_at=trial_run.started_at)
 
 
 def record_failure(tx: Connection, settings: Settings, claim: Claim,

@@ -95,6 +95,9 @@ SampleRate = Annotated[float | None, typer.Option(
 Limit = Annotated[int | None, typer.Option("--limit", help="At most N sessions, newest first.")]
 SkipCurrent = Annotated[bool, typer.Option(
     "--skip-current", help="Leave out sessions already analysed with the current configuration.")]
+Trial = Annotated[int | None, typer.Option(
+    "--trial", help="A trial of N sessions (1 ≤ N ≤ 1000): analysed and reported, never "
+    "applied; `backfill promote` applies it.")]
 Reason = Annotated[str | None, typer.Option(
     "--reason", help="Why (kept in the job's audit trail).")]
 RequiredReason = Annotated[str, typer.Option(

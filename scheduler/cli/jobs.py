@@ -18,6 +18,7 @@ from scheduler.cli.common import (
     RequiredReason,
     SampleRate,
     SkipCurrent,
+    Trial,
     Workspace,
     app,
     emit,
@@ -59,6 +60,7 @@ def preview(
     sample_rate: SampleRate = None,
     limit: Limit = None,
     skip_current: SkipCurrent = False,
+    trial: Trial = None,
     mode: Annotated[str, typer.Option(
         "--mode", help="Price the estimate for live calls (live) or the Message Batches API "
         "(batch).")] = LIVE,
@@ -70,13 +72,19 @@ def preview(
 
     settings = resolve_settings()
     raw = guarded(lambda: load_filters_argument(filters))
-    # Unset options go as null (= default), so the planner validates one JSON shape.
-    options = {"sample_rate": sample_rate, "limit": limit, "skip_current": skip_current}
+    options = _options(sample_rate, limit, skip_current, trial)
     priced_as = guarded(lambda: _pricing_mode(mode))
     document = guarded(lambda: preview_estimate(
         open_database(settings), settings, workspace, kind, raw, options=options,
         mode=priced_as))
     emit(document) if as_json else typer.echo(_preview_text(document))
+
+
+def _options(sample_rate: float | None, limit: int | None, skip_current: bool,
+             trial: int | None) -> dict[str, Any]:
+    # Unset options go as null (= default), so the planner validates one JSON shape.
+    return {"sample_rate": sample_rate, "limit": limit, "skip_current": skip_current,
+            "trial_size": trial}
 
 
 def _pricing_mode(mode: str) -> Mode:
@@ -102,6 +110,7 @@ def create(
     sample_rate: SampleRate = None,
     limit: Limit = None,
     skip_current: SkipCurrent = False,
+    trial: Trial = None,
     idempotency_key: Annotated[str | None, typer.Option("--idempotency-key")] = None,
     mode: Annotated[str | None, typer.Option(
         "--mode", help="live (a task per session) or batch (Message Batches API); default: "
@@ -115,7 +124,7 @@ def create(
 
     settings = resolve_settings()
     raw = guarded(lambda: load_filters_argument(filters))
-    options = {"sample_rate": sample_rate, "limit": limit, "skip_current": skip_current}
+    options = _options(sample_rate, limit, skip_current, trial)
     db = open_database(settings)
     created = guarded(lambda: operations.create_job(
         db, settings, workspace, kind, raw, actor=audit.os_actor(), options=options,

@@ -74,10 +74,21 @@ def _detail(job: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def _kind_of(job: dict[str, Any]) -> str:
+    """A trial reads as one wherever a job is listed: it changes no session until promoted."""
+    return f"{job['kind']} trial" if job.get("trial") else job["kind"]
+
+
 def print_job(job: dict[str, Any]) -> None:
-    stdout.print(f"[bold]{job['id']}[/] {job['kind']} backfill in {job['workspace_id']}: "
-                 f"[bold]{job['state']}[/]" + (f" ({job['state_reason']})"
+    stdout.print(f"[bold]{job['id']}[/] {_kind_of(job)} backfill in {job['workspace_id']}: "
+                 f"[bold]{job['state']}[/]" + (f" ({escape(job['state_reason'])})"
                                                 if job.get("state_reason") else ""))
+    if job.get("trial"):
+        stdout.print("trial: results are kept in history and change no session; "
+                     f"`backfill report {job['id']}` shows them, `backfill promote {job['id']}` "
+                     "applies them")
+    if job.get("promoted_from"):
+        stdout.print(f"promoted from trial {job['promoted_from']}")
     table = Table("state", "sessions")
     for state, count in job["counts"].items():
         table.add_row(state, str(count))
@@ -101,7 +112,7 @@ def print_job_table(jobs: list[dict[str, Any]]) -> None:
     table = Table("job", "workspace", "kind", "state", "matched", "done", "failed", "created")
     for job in jobs:
         counts = job["counts"]
-        table.add_row(job["id"], job["workspace_id"], job["kind"], job["state"],
+        table.add_row(job["id"], job["workspace_id"], _kind_of(job), job["state"],
                       str(counts["matched"]), str(done_count(job)), str(counts["failed"]),
                       str(job["created_at"])[:19])
     stdout.print(table)

@@ -1,4 +1,9 @@
-"""`backfill demo`: a real backfill end to end, with every process started and stopped here."""
+"""`backfill demo`: a real backfill end to end, with every process started and stopped here.
+
+The story of DESIGN "Safe to apply": a trial of a few dozen calls with the agent's new draft,
+its change report, then the promotion to every matched call (the trial's results applied
+without a second LLM call), a before/after table, and the report as a page under the run
+directory."""
 
 from __future__ import annotations
 
@@ -15,16 +20,21 @@ from scheduler.cli import render
 from scheduler.cli.runtime import open_database, resolve_settings
 from scheduler.dev import processes
 from scheduler.dev.demo_data import generate_demo_dataset, write_jsonl
-from scheduler.jobs import documents, planner
-from scheduler.jobs.filters import matching_sessions
+from scheduler.jobs import changes, documents, operations, planner
 from scheduler.jobs.importer import import_batch, parse_import_file
+from scheduler.jobs.report import change_report
+from scheduler.web.report_html import render_report_html
+from scheduler.web.report_text import print_report
 from shared.db import Database
 from shared.migrate import upgrade_to_head
-from shared.models import SessionRecord
 from shared.settings import Settings, get_settings
 
 console = Console(stderr=True)
 DEMO_WORKSPACE = "ws_demo_dental"
+# Its draft asks for new fields with new prompts: the backfill the customer wants to try.
+DEMO_AGENT = "dental_front_desk"
+DEMO_ACTOR = "demo"
+TRIAL_SIZE = 40
 SAMPLE_SIZE = 5
 
 
@@ -40,8 +50,7 @@ def run_demo(sessions: int, concurrency: int) -> None:
         console.rule("2. stand-in LLM, worker, scheduler")
         settings = _start_llm(settings, run_dir, started)
         _start_workers(run_dir, concurrency, started)
-        console.rule("3. backfill")
-        _run_backfill(db, settings)
+        _run_backfill(db, settings, run_dir)
     finally:
         for process in reversed(started):
             processes.stop(process)
@@ -88,44 +97,75 @@ def _start_workers(
 
 
 def demo_filters(db: Database) -> list[dict[str, Any]]:
-    """Several rows: the workspace's voice agents, a time window, statuses, a duration floor."""
+    """Several rows: the agent whose draft was edited, a time window, statuses, a duration
+    floor."""
     with db.transaction() as tx:
-        agents = tx.execute(text("""
-            SELECT DISTINCT agent_id FROM agent_versions
-             WHERE workspace_id = :ws AND kind = 'voice' ORDER BY agent_id
-        """), {"ws": DEMO_WORKSPACE}).scalars().all()
         first, last = tx.execute(text("""
             SELECT min(start_timestamp), max(start_timestamp) FROM sessions
              WHERE workspace_id = :ws AND kind = 'call'
         """), {"ws": DEMO_WORKSPACE}).one()
     return [
-        {"field": "agent", "op": "in", "value": [{"agent_id": a} for a in agents]},
+        {"field": "agent", "op": "in", "value": [{"agent_id": DEMO_AGENT}]},
         {"field": "start_timestamp", "op": "bt", "value": [first, last]},
         {"field": "call_status", "op": "in", "value": ["ended", "not_connected", "error"]},
         {"field": "duration_ms", "op": "ge", "value": 0},
     ]
 
 
-def _run_backfill(db: Database, settings: Settings) -> None:
+def _run_backfill(db: Database, settings: Settings, run_dir: Path) -> None:
     filters = demo_filters(db)
     matched = planner.preview(db, settings, DEMO_WORKSPACE, "call", filters)
     console.print(f"filters match {matched} calls in {DEMO_WORKSPACE}")
-    samples = _sample_sessions(db, settings, filters)
+
+    console.rule(f"3. trial: {TRIAL_SIZE} calls with the new draft, nothing applied")
+    trial = operations.create_job(db, settings, DEMO_WORKSPACE, "call", filters,
+                                  actor=DEMO_ACTOR, options={"trial_size": TRIAL_SIZE},
+                                  reason="demo: what would the new prompts change?")
+    render.follow(db, settings, trial.job_id)
+    with db.transaction() as tx:
+        trial_report = change_report(tx, trial.job_id)
+    print_report(trial_report, _wide())
+
+    console.rule("4. promote: the trial applied to every matched call")
+    samples = _sample_sessions(db, trial.job_id)
     before = _analyses(db, samples)
-    job = planner.create_job(db, settings, DEMO_WORKSPACE, "call", filters, created_by="demo")
-    final = render.follow(db, settings, job.job_id)
+    promoted = changes.promote(db, settings, trial.job_id, actor=DEMO_ACTOR,
+                               reason="demo: the trial reads right")
+    final = render.follow(db, settings, promoted.job_id)
     render.print_job(final)
+    console.print(f"{_reused(db, promoted.job_id)} calls took the trial's result: no second "
+                  "LLM call for them")
     _print_before_after(before, _analyses(db, samples))
 
-
-def _sample_sessions(db: Database, settings: Settings, filters: list[dict[str, Any]]) -> list[str]:
-    """A few answered calls out of the ones the backfill will touch."""
-    rows = planner.validate_request(settings, DEMO_WORKSPACE, "call", filters)
-    query = (matching_sessions(DEMO_WORKSPACE, "call", rows)
-             .where(SessionRecord.status == "ended")
-             .order_by(SessionRecord.session_id).limit(SAMPLE_SIZE))
+    console.rule("5. the change report, as a page")
     with db.transaction() as tx:
-        return list(tx.execute(query).scalars())
+        applied_report = change_report(tx, promoted.job_id)
+    page = run_dir / "demo-report.html"
+    page.write_text(render_report_html(applied_report), encoding="utf-8")
+    console.print(f"wrote {page.resolve()}")
+    console.print(f"taking it back would be: backfill revert {promoted.job_id} --reason …")
+
+
+def _wide() -> Console:
+    return Console(width=max(Console().width, 140))
+
+
+def _sample_sessions(db: Database, trial_id: str) -> list[str]:
+    """A few calls the trial analysed: their after is the trial's result, reused."""
+    with db.transaction() as tx:
+        return list(tx.execute(text("""
+            SELECT session_id FROM analysis_runs WHERE job_id = :job
+             ORDER BY session_id LIMIT :n
+        """), {"job": trial_id, "n": SAMPLE_SIZE}).scalars())
+
+
+def _reused(db: Database, job_id: str) -> int:
+    """Runs of the job that billed nothing: the trial's results recorded again."""
+    with db.transaction() as tx:
+        return int(tx.execute(text("""
+            SELECT count(*) FROM analysis_runs
+             WHERE job_id = :job AND input_tokens = 0 AND output_tokens = 0
+        """), {"job": job_id}).scalar_one())
 
 
 def _analyses(db: Database, session_ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -136,8 +176,8 @@ def _analyses(db: Database, session_ids: list[str]) -> dict[str, dict[str, Any]]
 def _print_before_after(
     before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]
 ) -> None:
-    table = Table("session", "before (imported)", "after (regenerated)", "source",
-                  title="before / after", show_lines=True)
+    table = Table("session", "before (imported)", "after (the trial's result, applied)",
+                  "source", title="before / after", show_lines=True)
     for session_id, old in before.items():
         new = after[session_id]
         source = new["analysis_source"] or {}
@@ -145,7 +185,7 @@ def _print_before_after(
             session_id, _brief(old["call_analysis"]), _brief(new["call_analysis"]),
             f"{source.get('agent_id')} v{source.get('agent_version')} {source.get('model')}",
         )
-    Console(width=max(Console().width, 160)).print(table)
+    _wide().print(table)
 
 
 def _brief(analysis: dict[str, Any]) -> str:

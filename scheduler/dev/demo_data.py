@@ -82,7 +82,7 @@ def _dental_agents() -> list[_Agent]:
             _enum("intent", "Why the caller called.",
                   ["booking", "cancellation", "reschedule", "billing", "other"], required=True),
             _boolean("is_new_patient", "Whether the caller is a new patient."),
-            _number("party_size", "How many people the booking is for, if any."),
+            _number("party_size", "How many people the appointment is for."),
             _string("preferred_time", "When the caller wants to come in.",
                     ["Tuesday 10am", "next week, mornings"]))),
     ))
@@ -198,14 +198,16 @@ _TEMPLATES: dict[str, tuple[tuple[str, str], ...]] = {
     ),
     "reschedule": (
         ("agent", "{clinic}, how can I help you today?"),
-        ("user", "I need to move my appointment on {day}, booking number {ref}."),
-        ("agent", "I see it, {time} with Dr. Ortiz. When would suit you better?"),
+        ("user", "I need to reschedule the appointment for my {party} kids on {day}."),
+        ("agent", "I see it, {time} with Dr. Ortiz, booking {ref}. When would suit you better?"),
         ("user", "Anything the week after, mornings please."),
         ("agent", "I've moved you to the following {day} at 9:15am."),
     ),
     "insurance": (
         ("agent", "Hello, you've reached {clinic}."),
-        ("user", "Do you take {provider}? My member id is {ref}."),
+        ("user", "Do you take {provider}? It's for {party} people in my family."),
+        ("agent", "Let me check. What is the member id on the card?"),
+        ("user", "It's {ref}."),
         ("agent", "We do. A cleaning is usually covered at 100%, fillings at 80%."),
         ("user", "So I'd pay about ${amount} for a filling?"),
         ("agent", "Roughly, yes. Would you like to book?"),
@@ -213,7 +215,7 @@ _TEMPLATES: dict[str, tuple[tuple[str, str], ...]] = {
     ),
     "billing_dispute": (
         ("agent", "Billing, this is Sam. How can I help?"),
-        ("user", "I was charged ${amount} twice for my visit on {day}."),
+        ("user", "I'm disputing a charge of ${amount}, billed twice for my visit on {day}."),
         ("agent", "Let me check invoice {ref}... I see the duplicate charge of ${amount}."),
         ("user", "Can you refund it? This is the second time this happened."),
         ("agent", "I've issued a refund of ${amount}; it takes 3 to 5 business days."),

@@ -2,7 +2,8 @@
 
 One `Database` per app, built in the lifespan from settings, so importing this module opens
 no connection. The request guard authenticates every `/v1` request before routing (`guard`);
-errors have one shape (`errors`); the endpoints are `routes`.
+errors have one shape (`errors`); the endpoints are `routes` and `changes` (change reports,
+promote, revert).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from scheduler.http import console, errors, routes
+from scheduler.http import changes, console, errors, routes
 from scheduler.http.guard import RequestGuard
 from scheduler.http.schemas import Health
 from shared.broker import broker_reachable, redis_client_url
@@ -85,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(RequestGuard)
     app.include_router(routes.v1)
+    app.include_router(changes.v1)
     app.add_api_route("/healthz", healthz, methods=["GET"], response_model=Health,
                       responses={503: {"model": Health, "description": "A service is down."}},
                       tags=["health"])

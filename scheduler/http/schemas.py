@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from scheduler.jobs.filters import FIELDS, KEYED_OPS, LIST_OPS, ORDER_OPS, TEXT_OPS
-from scheduler.jobs.options import MAX_LIMIT
+from scheduler.jobs.options import MAX_LIMIT, MAX_TRIAL_SIZE
 from shared.vocabulary import ItemState, JobState, SessionKind
 
 MAX_IDS = 10_000  # session ids in one requeue request
@@ -73,6 +73,9 @@ OPTIONS_SCHEMA: dict[str, Any] = {
         "sample_rate": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1},
         "limit": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_LIMIT},
         "skip_current": {"type": ["boolean", "null"]},
+        "trial_size": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_TRIAL_SIZE,
+                       "description": "A trial of N of the sessions the job would take: "
+                                      "analysed and reported, never applied (promote it)."},
     },
 }
 
@@ -122,6 +125,13 @@ class RerunRequest(_Request):
     """Empty: a rerun always uses the agent's latest draft configuration."""
 
 
+class RevertRequest(ReasonRequest):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"dry_run": True}, {"reason": "the new prompts misread cancellations"}]})
+
+    dry_run: bool = False
+
+
 # ------------------------------------------------------------------------------- responses
 
 
@@ -156,6 +166,8 @@ class Job(_Response):
     options: dict[str, Any]
     state: JobState
     state_reason: str | None
+    trial: bool = Field(description="A trial: its runs change no session (promote applies).")
+    promoted_from: str | None = Field(description="The trial this job was promoted from.")
     counts: JobCounts
     error_kinds: dict[str, int]
     created_at: str
@@ -219,6 +231,51 @@ class Rerun(_Response):
     job: Job
     analysis: SessionAnalysis | None = Field(
         description="The session after the rerun, when waited for and the job finished.")
+
+
+class Reverted(_Response):
+    reverted: int = Field(description="Sessions whose analysis from before the job is back.")
+    left_newer: int = Field(description="Sessions a later job or rerun wrote, left alone.")
+    dry_run: bool
+
+
+class ReportSessions(_Response):
+    analysed: int = Field(description="Succeeded items.")
+    changed: int = Field(description="Sessions with at least one field changed.")
+    unchanged: int
+    without_before: int = Field(description="Runs older than befores were recorded: not "
+                                            "compared.")
+
+
+class ReportField(_Response):
+    type: Literal["string", "boolean", "enum", "number"]
+    changed: int
+    before_present: int
+    after_present: int
+    matrix: dict[str, dict[str, int]] | None = Field(
+        None, description="boolean and enum fields: {before: {after: sessions}}, values as "
+                          "JSON text (\"true\", \"null\"), enum values as themselves.")
+    before_mean: float | None = Field(None, description="number fields: over present values.")
+    after_mean: float | None = Field(None, description="number fields: over present values.")
+
+
+class ReportExample(_Response):
+    session_id: str
+    field: str
+    before: JsonValue
+    after: JsonValue
+
+
+class ChangeReport(_Response):
+    """What a job (trial or applied) changed, field by field (DESIGN "Safe to apply")."""
+
+    job_id: str
+    trial: bool
+    sessions: ReportSessions
+    fields: dict[str, ReportField] = Field(
+        description="`<kind>_summary`, `<kind>_successful`, `user_sentiment`, "
+                    "`custom_analysis_data.<name>`.")
+    examples: list[ReportExample] = Field(description="Up to 5 per changed field.")
 
 
 class Health(_Response):

@@ -22,6 +22,7 @@ from shared.errors import InvalidInput, NotFound
 from shared.pricing import Tokens, cost_usd
 from shared.settings import Settings
 from shared.state.jobs import mode_of
+from shared.state.trials import is_trial
 from shared.vocabulary import ITEM_STATES
 
 DEFAULT_PAGE = 50
@@ -29,7 +30,7 @@ MAX_PAGE = 500
 
 _JOBS = text("""
     SELECT id, workspace_id, kind, filters, options, state, state_reason, matched, created_at,
-           finished_at
+           finished_at, promoted_from
       FROM backfill_jobs
      WHERE id = ANY(CAST(:ids AS text[]))
        AND (CAST(:ws AS text) IS NULL OR workspace_id = CAST(:ws AS text))
@@ -125,6 +126,8 @@ def _job_document(job: Any, by_state: dict[str, int], error_kinds: dict[str, int
         "options": job.options or {},
         "state": job.state,
         "state_reason": job.state_reason,
+        "trial": is_trial(job.options),
+        "promoted_from": job.promoted_from,
         "counts": counts,
         "error_kinds": error_kinds,
         "created_at": _iso(job.created_at),

@@ -2,19 +2,25 @@
 
 Options are decoded JSON from the CLI or the HTTP body; null (or a missing option) means its
 default. Messages name the option as a JSON user writes it: `options.limit: …`.
+
+`trial_size` N makes the job a trial (DESIGN "Safe to apply"): N of the sessions the same job
+without it would take. So `sample_rate` and `limit` narrow the set the trial samples from,
+and the one contradiction is a `limit` below N: such a trial could never have N sessions.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from shared.errors import InvalidInput
+from shared.state.trials import TRIAL_OPTION
 from shared.vocabulary import BATCH, LIVE, MODES, Mode, is_json_number, json_type
 
-OPTION_NAMES = ("sample_rate", "limit", "skip_current")
+OPTION_NAMES = ("sample_rate", "limit", "skip_current", TRIAL_OPTION)
 MAX_LIMIT = 10_000_000
+MAX_TRIAL_SIZE = 1000
 
 
 @dataclass(frozen=True)
@@ -24,9 +30,22 @@ class JobOptions:
     sample_rate: float = 1.0
     limit: int | None = None
     skip_current: bool = False
+    trial_size: int | None = None
+
+    @property
+    def trial(self) -> bool:
+        return self.trial_size is not None
+
+    def without_trial(self) -> JobOptions:
+        """The same selection as an applied job (what promoting a trial creates)."""
+        return replace(self, trial_size=None)
 
     def as_json(self) -> dict[str, Any]:
-        return asdict(self)
+        # Only a trial carries `trial_size`, so any other job's options stay as they were.
+        document = asdict(self)
+        if not self.trial:
+            del document[TRIAL_OPTION]
+        return document
 
 
 def _shown(value: object) -> str:
@@ -62,6 +81,18 @@ def _skip_current(value: object) -> bool:
     return value
 
 
+def _trial_size(value: object, limit: int | None) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_TRIAL_SIZE:
+        raise InvalidInput(f"options.{TRIAL_OPTION}: must be an integer with 1 ≤ n ≤ "
+                           f"{MAX_TRIAL_SIZE:,}, got {_shown(value)}")
+    if limit is not None and limit < value:
+        raise InvalidInput(f"options.{TRIAL_OPTION}: a trial of {value} sessions cannot come "
+                           f"out of options.limit {limit}; lower the trial or raise the limit")
+    return value
+
+
 def parse_options(raw: object) -> JobOptions:
     """Validate decoded JSON options; null (or a missing option) means its default."""
     if raw is None:
@@ -76,10 +107,12 @@ def parse_options(raw: object) -> JobOptions:
             f"options: unknown option(s) {', '.join(unknown)[:200]} "
             f"(known: {', '.join(OPTION_NAMES)})"
         )
+    limit = _limit(raw.get("limit"))
     return JobOptions(
         sample_rate=_sample_rate(raw.get("sample_rate")),
-        limit=_limit(raw.get("limit")),
+        limit=limit,
         skip_current=_skip_current(raw.get("skip_current")),
+        trial_size=_trial_size(raw.get(TRIAL_OPTION), limit),
     )
 
 

@@ -1,11 +1,14 @@
-"""Which sessions a job takes: one SELECT built in four steps, in this order:
+"""Which sessions a job takes: one SELECT built in five steps, in this order:
 
 1. the filter rows (`scheduler.jobs.filters.matching_sessions`: workspace and kind always
    enforced);
 2. `sample_rate`: a deterministic sample by session id;
 3. `limit`: the newest N of what is left;
 4. `skip_current`: leave out sessions whose current analysis already came from the
-   configuration the worker would use now.
+   configuration the worker would use now;
+5. `trial_size`: a trial takes N of those, the first N in the order of the sample's hash —
+   itself a deterministic sample by session id, so promoting the trial (the same job without
+   step 5) takes every session the trial analysed.
 
 `limit` comes before `skip_current` on purpose: running the same job again with
 `skip_current` selects the same newest N and leaves out the ones already done, which is what
@@ -38,6 +41,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.orm import InstrumentedAttribute
 
 from scheduler.jobs.filters import FilterRow, matching_sessions
 from scheduler.jobs.options import JobOptions
@@ -63,10 +67,12 @@ def selection(
     """
     candidates = _candidates(workspace_id, kind, rows, options).subquery("candidates")
     query = select(candidates.c.session_id)
-    if not options.skip_current:
-        return query
-    groups = _current_config_hashes(tx, settings, workspace_id, kind, candidates)
-    return _without_current(query, candidates, groups) if groups else query
+    if options.skip_current:
+        groups = _current_config_hashes(tx, settings, workspace_id, kind, candidates)
+        query = _without_current(query, candidates, groups) if groups else query
+    if options.trial_size is not None:
+        query = _trial_sample(query, options.trial_size)
+    return query
 
 
 def _candidates(
@@ -101,10 +107,22 @@ def _sampled(rate: float) -> ColumnElement[bool]:
     plain scan (numeric division would cost several times more on a million rows).
     """
     threshold = math.ceil(Fraction(rate) * _HASH_SPACE)
-    bucket = func.hashtextextended(SessionRecord.session_id, literal(0, BigInteger)).op("&")(
+    return _bucket(SessionRecord.session_id) < literal(threshold, BigInteger)
+
+
+def _bucket(session_id: ColumnElement[str] | InstrumentedAttribute[str]) -> ColumnElement[int]:
+    return func.hashtextextended(session_id, literal(0, BigInteger)).op("&")(
         literal(_HASH_MASK, BigInteger)
     )
-    return bucket < literal(threshold, BigInteger)
+
+
+def _trial_sample(query: Select[Any], size: int) -> Select[Any]:
+    """Step 5: the `size` sessions of `query` lowest in the sample's hash order (the session
+    id breaks a tie), so a trial picks the same sessions whenever it is made, a smaller trial
+    picks a subset of a larger one, and with a sample rate it stays inside the sample."""
+    taken = query.subquery("job_sessions")
+    return (select(taken.c.session_id)
+            .order_by(_bucket(taken.c.session_id), taken.c.session_id).limit(size))
 
 
 # The part of a session's transfers that the configuration depends on: the destination and

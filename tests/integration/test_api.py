@@ -58,6 +58,9 @@ def endpoints(job_id: str, session_id: str) -> list[tuple[str, str, Any]]:
         ("POST", f"/v1/backfills/{job_id}/cancel", {"reason": "x"}),
         ("POST", f"/v1/backfills/{job_id}/requeue", {}),
         ("GET", f"/v1/backfills/{job_id}/items?state=failed", None),
+        ("GET", f"/v1/backfills/{job_id}/report", None),
+        ("POST", f"/v1/backfills/{job_id}/promote", {}),
+        ("POST", f"/v1/backfills/{job_id}/revert", {"dry_run": True}),
         ("GET", f"/v1/sessions/{session_id}/analysis", None),
         ("POST", f"/v1/sessions/{session_id}/rerun", {}),
     ]

@@ -162,6 +162,7 @@ def imported_heavy(result: subprocess.CompletedProcess[str]) -> list[Any]:
     ["--help"], ["list", "--json"], ["show", "bf_missing", "--json"],
     ["session", "call_missing", "--json"], ["failed", "bf_missing"],
     ["preview", "--workspace", "ws_missing", "--kind", "call", "--filters", "[]", "--json"],
+    ["report", "bf_missing", "--json"],
 ])
 def test_read_verbs_import_neither_the_sdk_nor_the_web_stack(settings: Settings,
                                                              verb: list[str]) -> None:

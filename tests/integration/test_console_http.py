@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import safe_support
 from console_support import console_settings, csrf_token, running_job
 from cryptography.fernet import Fernet
 from fastapi.testclient import TestClient
@@ -30,7 +31,7 @@ from scheduler.http.console.sessions import (
     new_session,
     sealer_from_settings,
 )
-from scheduler.jobs import keys
+from scheduler.jobs import keys, operations
 from shared.db import Database
 from shared.settings import Settings
 
@@ -497,3 +498,37 @@ def test_the_session_page_shows_analysis_provenance_and_history(
     lookup = signed.get(f"/console/sessions?session_id={tenant_a.call_ids[0]}")
     assert lookup.status_code == 303
     assert lookup.headers["location"] == f"/console/sessions/{tenant_a.call_ids[0]}"
+
+
+def test_a_finished_job_shows_its_change_report_and_reverts_for_the_admin(
+        signed: TestClient, db: Database, settings: Settings, pipeline: Any,
+        admin: keys.NewKey) -> None:
+    """The job page includes the change report's body; revert asks first (with the dry run's
+    numbers), then puts every session's before back, audited as the admin key."""
+    seeded = safe_support.seed(db, 3, label="console_revert")
+    created = operations.create_job(db, settings, seeded.workspace_id, "call", [],
+                                    actor="os:pytest")
+    assert safe_support.wait_for_job(db, created.job_id).state == "completed"
+    job_url = f"/console/jobs/{created.job_id}"
+    page = signed.get(job_url)
+    analysed = re.search(r'data-sessions="analysed"><span class="cr-stat-n">(\d+)<', page.text)
+    assert analysed is not None and analysed.group(1) == "3"
+    assert 'data-action="revert"' in page.text
+
+    session_page = signed.get(f"/console/sessions/{seeded.analysable[0]}").text
+    assert 'data-side="before"' in session_page and "imported summary" in session_page
+
+    token = page_token(signed, job_url)
+    asked = signed.post(f"{job_url}/revert", data={"csrf_token": token})
+    assert asked.status_code == 200
+    assert re.search(r'data-preview="reverted">3<', asked.text)
+    assert safe_support.current(db, seeded.analysable)[seeded.analysable[0]][0] != (
+        "imported summary")  # asking changes nothing
+    done = signed.post(f"{job_url}/revert", data={"csrf_token": token, "confirm": "yes",
+                                                  "reason": "wrong prompt"})
+    assert done.status_code == 303
+    assert "done=revert" in done.headers["location"] and "count=3" in done.headers["location"]
+    restored = safe_support.current(db, seeded.analysable)
+    assert {row[0] for row in restored.values()} == {"imported summary"}
+    assert [(e.actor, e.reason) for e in safe_support.audit_of(db, created.job_id, "revert")] == [
+        (f"api_key:{admin.key_id}", "wrong prompt")]

@@ -125,25 +125,22 @@ def job(state: str = "running", **counts: int) -> dict[str, Any]:
 
 
 def test_rate_and_eta_from_the_last_minute() -> None:
-    view = job_view(job(matched=1000, succeeded=400, pending=600), Activity(120, 60.0),
-                    revert_available=False)
+    view = job_view(job(matched=1000, succeeded=400, pending=600), Activity(120, 60.0))
     assert view.rate_per_min == 120 and view.eta_s == 300 and view.percent == "40%"
-    young = job_view(job(matched=100, succeeded=10, pending=90), Activity(10, 20.0),
-                     revert_available=False)
+    young = job_view(job(matched=100, succeeded=10, pending=90), Activity(10, 20.0))
     assert young.rate_per_min == 30  # 10 in the job's first 20 s
-    paused = job_view(job("paused", matched=10, pending=10), Activity(5, 60.0),
-                      revert_available=False)
+    paused = job_view(job("paused", matched=10, pending=10), Activity(5, 60.0))
     assert paused.rate_per_min is None and paused.eta_s is None and not paused.live
 
 
 def test_progress_segments_and_cost_against_a_cap() -> None:
     document = job("completed", matched=4, succeeded=2, failed=1, skipped=1) | {
         "max_cost_usd": 2.0}
-    view = job_view(document, None, revert_available=False)
+    view = job_view(document, None)
     assert [(s.state, s.width) for s in view.segments] == [
         ("succeeded", "50.00%"), ("failed", "25.00%"), ("skipped", "25.00%")]
     assert view.done == 4 and view.done_percent == 100 and view.cost_share == "25.0%"
-    assert job_view(job(), None, revert_available=False).cost_share is None
+    assert job_view(job(), None).cost_share is None
 
 
 @pytest.mark.parametrize(("share", "text"), [(0, "0%"), (0.001, "<1%"), (0.5, "50%"),
@@ -152,17 +149,16 @@ def test_percent_text(share: float, text: str) -> None:
     assert percent_text(share) == text
 
 
-@pytest.mark.parametrize(("state", "failed", "revert", "actions"), [
-    ("running", 0, True, ("pause", "cancel")),
-    ("running", 2, False, ("pause", "requeue", "cancel")),
-    ("paused", 1, True, ("resume", "requeue", "cancel", "revert")),
-    ("completed", 0, True, ("revert",)),
-    ("completed", 3, False, ("requeue",)),
-    ("cancelled", 3, True, ("revert",)),
+@pytest.mark.parametrize(("state", "failed", "actions"), [
+    ("running", 0, ("pause", "cancel")),
+    ("running", 2, ("pause", "requeue", "cancel")),
+    ("paused", 1, ("resume", "requeue", "cancel", "revert")),
+    ("completed", 0, ("revert",)),
+    ("completed", 3, ("requeue", "revert")),
+    ("cancelled", 3, ("revert",)),
 ])
-def test_the_buttons_a_state_allows(state: str, failed: int, revert: bool,
-                                    actions: tuple[str, ...]) -> None:
-    assert allowed_actions(state, failed, revert_available=revert) == actions
+def test_the_buttons_a_state_allows(state: str, failed: int, actions: tuple[str, ...]) -> None:
+    assert allowed_actions(state, failed) == actions
 
 
 @pytest.mark.parametrize(("seconds", "text"), [

@@ -173,12 +173,18 @@ class Run:
     latency_ms: int
     created_at: datetime
     result: dict[str, Any]
+    # What the run replaced (None for history older than befores), and what kind of row it is:
+    # a trial run is recorded but never applied; a revert row restores an earlier analysis.
+    before: dict[str, Any] | None
+    applied: bool
+    revert: bool
     current: bool
 
 
 _HISTORY = text("""
     SELECT r.id, r.job_id, r.agent_id, r.agent_version, r.used_draft, r.model, r.config_hash,
-           r.input_tokens, r.output_tokens, r.latency_ms, r.created_at, r.result,
+           r.input_tokens, r.output_tokens, r.latency_ms, r.created_at, r.result, r.before,
+           r.applied, (r.reverted_run_id IS NOT NULL) AS revert,
            (r.id = s.analysis_run_id) AS current
       FROM analysis_runs AS r JOIN sessions AS s ON s.session_id = r.session_id
      WHERE r.session_id = :id
@@ -193,6 +199,7 @@ def history(tx: Connection, session_id: str) -> list[Run]:
                 agent_version=row.agent_version, used_draft=row.used_draft, model=row.model,
                 config_hash=row.config_hash, input_tokens=row.input_tokens,
                 output_tokens=row.output_tokens, latency_ms=row.latency_ms,
-                created_at=row.created_at, result=row.result or {},
+                created_at=row.created_at, result=row.result or {}, before=row.before,
+                applied=bool(row.applied), revert=bool(row.revert),
                 current=bool(row.current))
             for row in rows]

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from scheduler.http.console import changes, pages, reads, views
+from scheduler.http.console import pages, reads, views
 from scheduler.http.console.charts import throughput_chart
 from scheduler.http.console.errors import CsrfRefused, SignInRequired
 from scheduler.http.console.forms import optional_text, read_form
@@ -35,6 +35,8 @@ from scheduler.http.console.sessions import (
 from scheduler.http.routes import MAX_ID_LENGTH
 from scheduler.http.schemas import storable
 from scheduler.jobs import audit, documents, keys, operations
+from scheduler.jobs import changes as job_changes
+from scheduler.jobs import report as job_report
 from scheduler.web.report_view import report_view
 from shared.db import Database
 from shared.errors import InvalidInput, NotFound
@@ -234,8 +236,7 @@ def jobs_page(request: Request, session: Signed, db: Db, settings: Conf,
         # A page scoped to one workspace names no other one, not even among suggestions.
         suggest = not pages.is_fragment_request(request) and filters["workspace"] is None
         workspaces = reads.workspace_choices(tx) if suggest else []
-    jobs = [views.job_view(job, activity.get(job["id"]),
-                           revert_available=changes.REVERT_AVAILABLE) for job in page.items]
+    jobs = [views.job_view(job, activity.get(job["id"])) for job in page.items]
     query = {key: value for key, value in filters.items() if value}
     next_url = (f"{request.url.path}?{urlencode(query | {'cursor': page.next_cursor})}"
                 if page.next_cursor else None)
@@ -251,7 +252,7 @@ def _job_view(db: Database, settings: Settings, job_id: str) -> views.JobView:
     with db.transaction() as tx:
         job = documents.job_json(tx, settings, _known(job_id, "backfill job"))
         activity = reads.activity(tx, [job_id])
-    return views.job_view(job, activity.get(job_id), revert_available=changes.REVERT_AVAILABLE)
+    return views.job_view(job, activity.get(job_id))
 
 
 @router.get("/jobs/{job_id}")
@@ -262,7 +263,7 @@ def job_page(request: Request, job_id: str, session: Signed, db: Db, settings: C
     with db.transaction() as tx:
         failed = documents.items_page(tx, job_id, state="failed", cursor=failed_cursor)
         chart = throughput_chart(reads.throughput(tx, job_id))
-        report = changes.change_report(tx, settings, job_id)
+        report = job_report.change_report(tx, job_id)
     report_display = report_view(report) if report is not None else None
     notice = NOTICES[done].format(count=count, left=left) if done in NOTICES else None
     next_failed = (f"{request.url.path}?{urlencode({'failed_cursor': failed.next_cursor})}"
@@ -318,8 +319,8 @@ def _perform(db: Database, job_id: str, action: str, admin: keys.Admin,
                                    error_kinds=[kind] if kind else None)
         return {"count": count}
     if action == "revert":
-        outcome = changes.revert(db, job_id, actor=admin.actor, reason=reason)
-        return {"count": outcome["reverted"], "left": outcome["left_newer"]}
+        outcome = job_changes.revert(db, job_id, actor=admin.actor, reason=reason)
+        return {"count": outcome.reverted, "left": outcome.left_newer}
     transition = {"pause": operations.pause, "resume": operations.resume,
                   "cancel": operations.cancel}[action]
     transition(db, job_id, actor=admin.actor, reason=reason)
@@ -335,8 +336,8 @@ def _confirm_page(request: Request, session: ConsoleSession, db: Database, setti
                                           "possible in that state")
     preview: dict[str, Any] = {}
     if action == "revert":
-        preview = changes.revert(db, job_id, actor=keys.Admin(session.key_id).actor,
-                                 dry_run=True)
+        preview = job_changes.revert(db, job_id, actor=keys.Admin(session.key_id).actor,
+                                     dry_run=True).as_json()
     return pages.render(request, "confirm.html", session=session, view=job, action=action,
                         preview=preview, reason=optional_text(fields, "reason") or "")
 

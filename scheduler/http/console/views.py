@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from scheduler.http.console.reads import Activity
+from scheduler.jobs.changes import REVERTIBLE_STATES
 from scheduler.web.report_view import NO_VALUE, ShownValue, shown_value
 from shared.vocabulary import OPEN_ITEM_STATES, TERMINAL_ITEM_STATES
 
@@ -23,7 +24,6 @@ ACTION_LABELS: Final = {
 # Irreversible: the console asks once more, saying what will happen, before doing them.
 CONFIRMED_ACTIONS: Final = frozenset({"cancel", "revert"})
 # DESIGN "Safe to apply": only a terminal or paused job can be reverted.
-REVERTIBLE_STATES: Final = frozenset({"completed", "cancelled", "paused"})
 
 
 @dataclass(frozen=True)
@@ -86,20 +86,19 @@ def percent_text(share: float) -> str:
     return f"{share * 100:.0f}%"
 
 
-def allowed_actions(state: str, failed: int, *, revert_available: bool) -> tuple[str, ...]:
+def allowed_actions(state: str, failed: int) -> tuple[str, ...]:
     """The buttons the job's state allows (the operations refuse the others with a 409)."""
     allowed = {
         "pause": state == "running",
         "resume": state == "paused",
         "requeue": failed > 0 and state != "cancelled",
         "cancel": state in {"running", "paused"},
-        "revert": revert_available and state in REVERTIBLE_STATES,
+        "revert": state in REVERTIBLE_STATES,
     }
     return tuple(action for action in ACTIONS if allowed[action])
 
 
-def job_view(job: Mapping[str, Any], activity: Activity | None, *,
-             revert_available: bool) -> JobView:
+def job_view(job: Mapping[str, Any], activity: Activity | None) -> JobView:
     counts: Mapping[str, int] = job["counts"]
     matched = counts["matched"]
     done = sum(counts[state] for state in TERMINAL_ITEM_STATES)
@@ -119,8 +118,7 @@ def job_view(job: Mapping[str, Any], activity: Activity | None, *,
         # The cap arrives with spend control; a job without one shows its cost alone.
         max_cost_usd=job.get("max_cost_usd"),
         error_kinds=tuple(sorted(job["error_kinds"].items(), key=lambda kv: (-kv[1], kv[0]))),
-        actions=allowed_actions(job["state"], counts["failed"],
-                                revert_available=revert_available),
+        actions=allowed_actions(job["state"], counts["failed"]),
     )
 
 
