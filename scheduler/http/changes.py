@@ -18,8 +18,8 @@ from scheduler.http.routes import (
     Conf,
     Db,
     JobId,
-    _job,
-    _known,
+    job_document,
+    known_id,
 )
 from scheduler.http.schemas import ChangeReport, Job, ReasonRequest, Reverted, RevertRequest
 from scheduler.jobs import changes
@@ -34,7 +34,7 @@ def get_report(job_id: JobId, caller: Caller, db: Db) -> dict[str, Any]:
     """What the job's runs changed (a trial: what applying it would change), field by field:
     counts, before/after matrices of boolean and enum fields, means, examples."""
     with db.transaction() as tx:
-        return change_report(tx, _known(job_id), caller.workspace_id)
+        return change_report(tx, known_id(job_id), caller.workspace_id)
 
 
 @v1.post("/backfills/{job_id}/promote", status_code=201, response_model=Job,
@@ -45,12 +45,12 @@ def promote_trial(job_id: JobId, caller: Caller, db: Db, settings: Conf, respons
                   body: ReasonRequest | None = None) -> dict[str, Any]:
     """A completed trial becomes an applied job over its filters and options; the trial's
     results are reused where the configuration is unchanged (no second LLM call)."""
-    promoted = changes.promote(db, settings, _known(job_id), actor=caller.actor,
+    promoted = changes.promote(db, settings, known_id(job_id), actor=caller.actor,
                                reason=body.reason if body else None,
                                workspace_id=caller.workspace_id)
     if not promoted.created:
         response.status_code = 200
-    return _job(db, settings, promoted.job_id, caller)
+    return job_document(db, settings, promoted.job_id, caller)
 
 
 @v1.post("/backfills/{job_id}/revert", response_model=Reverted,
@@ -61,6 +61,6 @@ def revert_backfill(job_id: JobId, caller: Caller, db: Db,
     job back; sessions a later job or rerun wrote are left alone (`left_newer`). Only a
     completed, cancelled or paused job."""
     request = body or RevertRequest()
-    done = changes.revert(db, _known(job_id), actor=caller.actor, dry_run=request.dry_run,
+    done = changes.revert(db, known_id(job_id), actor=caller.actor, dry_run=request.dry_run,
                           reason=request.reason, workspace_id=caller.workspace_id)
     return done.as_json()

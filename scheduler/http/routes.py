@@ -106,7 +106,7 @@ IdempotencyKey = Annotated[
 ]
 
 
-def _known(identifier: str) -> str:
+def known_id(identifier: str) -> str:
     """An id that no row can have (NUL, or longer than any id column) is simply not found,
     rather than an error from the database."""
     try:
@@ -146,7 +146,7 @@ def create_backfill(body: CreateRequest, caller: Caller, db: Db, settings: Conf,
     )
     if not created.created:
         response.status_code = 200
-    return _job(db, settings, created.job_id, caller)
+    return job_document(db, settings, created.job_id, caller)
 
 
 @v1.get("/backfills", response_model=JobPage, tags=["backfills"])
@@ -161,7 +161,7 @@ def list_backfills(caller: Caller, db: Db, settings: Conf, cursor: Cursor = None
 @v1.get("/backfills/{job_id}", response_model=Job, responses=NOT_FOUND, tags=["backfills"])
 def get_backfill(job_id: JobId, caller: Caller, db: Db, settings: Conf) -> dict[str, Any]:
     """One job: state, counts by item state, error kinds, audit trail."""
-    return _job(db, settings, _known(job_id), caller)
+    return job_document(db, settings, known_id(job_id), caller)
 
 
 @v1.post("/backfills/{job_id}/pause", response_model=Job, responses=NOT_FOUND | CONFLICT,
@@ -191,9 +191,9 @@ def cancel_backfill(job_id: JobId, caller: Caller, db: Db, settings: Conf,
 def _operate(action: Callable[..., str], db: Database, settings: Settings, job_id: str,
              caller: Principal, body: ReasonRequest | None) -> dict[str, Any]:
     """Pause, resume and cancel share one shape: act for the caller, answer the job."""
-    action(db, _known(job_id), actor=caller.actor, reason=_reason(body),
+    action(db, known_id(job_id), actor=caller.actor, reason=_reason(body),
            workspace_id=caller.workspace_id)
-    return _job(db, settings, job_id, caller)
+    return job_document(db, settings, job_id, caller)
 
 
 @v1.post("/backfills/{job_id}/requeue", response_model=Requeued,
@@ -204,7 +204,7 @@ def requeue_backfill(job_id: JobId, caller: Caller, db: Db,
     job runs again."""
     request = body or RequeueRequest()
     count = operations.requeue(
-        db, _known(job_id), actor=caller.actor, error_kinds=request.error_kinds,
+        db, known_id(job_id), actor=caller.actor, error_kinds=request.error_kinds,
         session_ids=request.session_ids, dry_run=request.dry_run, reason=request.reason,
         workspace_id=caller.workspace_id,
     )
@@ -217,7 +217,7 @@ def list_items(job_id: JobId, caller: Caller, db: Db, state: ItemState | None = 
                cursor: Cursor = None, limit: Limit = documents.DEFAULT_PAGE) -> dict[str, Any]:
     """A job's items by session id (`?state=failed` for the failures)."""
     with db.transaction() as tx:
-        page = documents.items_page(tx, _known(job_id), workspace_id=caller.workspace_id,
+        page = documents.items_page(tx, known_id(job_id), workspace_id=caller.workspace_id,
                                   state=state, cursor=cursor, limit=limit)
     return page.as_json()
 
@@ -230,7 +230,7 @@ def list_items(job_id: JobId, caller: Caller, db: Db, state: ItemState | None = 
 def get_analysis(session_id: SessionId, caller: Caller, db: Db) -> dict[str, Any]:
     """The session's current analysis and its provenance."""
     with db.transaction() as tx:
-        return documents.session_json(tx, _known(session_id), caller.workspace_id)
+        return documents.session_json(tx, known_id(session_id), caller.workspace_id)
 
 
 @v1.post("/sessions/{session_id}/rerun", status_code=202, response_model=Rerun,
@@ -244,10 +244,10 @@ def rerun_session(
     timeout_s: Annotated[float, Query(gt=0, le=300)] = 60.0,
 ) -> dict[str, Any]:
     """Re-analyse one session now with the latest draft configuration, as a one-item job."""
-    job_id = operations.rerun_session(db, settings, _known(session_id), actor=caller.actor,
+    job_id = operations.rerun_session(db, settings, known_id(session_id), actor=caller.actor,
                                       workspace_id=caller.workspace_id)
     job = (_wait_for(db, settings, job_id, caller, timeout_s) if wait
-           else _job(db, settings, job_id, caller))
+           else job_document(db, settings, job_id, caller))
     if job["state"] == "running":
         return {"job": job, "analysis": None}
     response.status_code = 200
@@ -260,7 +260,8 @@ def rerun_session(
 # ------------------------------------------------------------------------------ helpers
 
 
-def _job(db: Database, settings: Settings, job_id: str, caller: Principal) -> dict[str, Any]:
+def job_document(db: Database, settings: Settings, job_id: str,
+                 caller: Principal) -> dict[str, Any]:
     with db.transaction() as tx:
         return documents.job_json(tx, settings, job_id, caller.workspace_id)
 
@@ -274,7 +275,7 @@ def _wait_for(db: Database, settings: Settings, job_id: str, caller: Principal,
     """Poll the job's SQL counts until it leaves `running` or the timeout passes."""
     deadline = time.monotonic() + timeout_s
     while True:
-        job = _job(db, settings, job_id, caller)
+        job = job_document(db, settings, job_id, caller)
         if job["state"] != "running" or time.monotonic() >= deadline:
             return job
         time.sleep(RERUN_POLL_S)
