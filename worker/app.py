@@ -34,6 +34,8 @@ from shared.settings import get_settings
 from worker.context import ProcessContext
 from worker.service import analyze_session
 
+_PER_TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
+
 settings = get_settings()
 app = make_celery(settings)
 context = ProcessContext(settings)
@@ -47,6 +49,11 @@ def _configure_logging(loglevel: int | str | None = None, **_: Any) -> None:
     alone and brings the worker's --loglevel. Our formatter serves every logger, Celery's
     included, and stdout is not redirected into a logger."""
     logs.configure(settings.log_format, level=loglevel or logging.INFO)
+    # A session's line is ours (`session_finished`, with its ids); Celery's per-task "received"
+    # and "succeeded" lines name only the task's uuid, and would triple the volume. Their
+    # warnings and errors (a task that raised) still show.
+    for name in _PER_TASK_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @worker_init.connect
