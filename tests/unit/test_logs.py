@@ -19,17 +19,37 @@ class Terminal(io.StringIO):
         return True
 
 
+# Loggers the tests write to: other tests of the run may have configured them (a uvicorn
+# server with its own logging config gives them handlers, levels and propagate=False), so each
+# test starts them as `configure` expects them in a process of ours, and puts them back.
+USED_LOGGERS = ("httpx", "httpcore", "celery.worker.strategy", "celery.app.trace",
+                "uvicorn", "uvicorn.error", "uvicorn.access", "backfill")
+
+
 @pytest.fixture(autouse=True)
 def _restore_root_logging() -> Iterator[None]:
     """`configure` owns the root logger; pytest's own capture must get it back."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
-    quiet = {name: logging.getLogger(name).level for name in ("httpx", "httpcore")}
+    saved = {name: _state(logging.getLogger(name)) for name in USED_LOGGERS}
+    for name in USED_LOGGERS:
+        _set(logging.getLogger(name), (logging.NOTSET, [], True))
     yield
     root.handlers, root.level = handlers, level
-    for name, previous in quiet.items():
-        logging.getLogger(name).setLevel(previous)
+    for name, state in saved.items():
+        _set(logging.getLogger(name), state)
     logging.captureWarnings(False)
+
+
+LoggerState = tuple[int, list[logging.Handler], bool]
+
+
+def _state(logger: logging.Logger) -> LoggerState:
+    return logger.level, list(logger.handlers), logger.propagate
+
+
+def _set(logger: logging.Logger, state: LoggerState) -> None:
+    logger.level, logger.handlers, logger.propagate = state
 
 
 def json_lines(stream: io.StringIO) -> list[dict[str, Any]]:
