@@ -46,6 +46,9 @@ def make_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
         max_overflow=settings.db_pool_size,
         pool_pre_ping=True,
         pool_recycle=1800,
+        # A statement's parameters (an analysis, a transcript) never reach an exception's text,
+        # so no traceback in a log can quote them.
+        hide_parameters=True,
         connect_args={
             "connect_timeout": settings.db_connect_timeout_s,
             "options": f"-c statement_timeout={settings.db_statement_timeout_ms}"

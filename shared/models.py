@@ -13,6 +13,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -318,7 +319,76 @@ class AuditEvent(Base):
     __table_args__ = (Index("ix_audit_events_job", "job_id", "created_at"),)
 
 
+# --------------------------------------------------------------------------- notifications
+# Webhooks (scheduler/webhooks/): a workspace's endpoints, the events of its jobs (the outbox,
+# written by shared/state/events.py with the job's state change) and one delivery per event
+# and endpoint, retried until a 2xx or the horizon: all in Postgres, so every process may
+# restart between attempts.
+
+
+class Webhook(Base):
+    """An endpoint of one workspace. Its secret is stored encrypted (BACKFILL_SECRET_KEY)."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # wh_…
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id"), nullable=False)
+    url: Mapped[str] = mapped_column(Text, nullable=False)
+    secret_encrypted: Mapped[str] = mapped_column(Text, nullable=False)
+    created_by: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now()
+    removed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index("ix_webhooks_active", "workspace_id", postgresql_where=text("removed_at IS NULL")),
+    )
+
+
+class WebhookEvent(Base):
+    """A job state change announced to the workspace's endpoints. `body` is rendered at the
+    first delivery attempt and resent unchanged (the signature covers these bytes)."""
+
+    __tablename__ = "webhook_events"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # evt_…
+    workspace_id: Mapped[str] = mapped_column(String(128), nullable=False)
+    job_id: Mapped[str] = mapped_column(
+        ForeignKey("backfill_jobs.id", ondelete="CASCADE"), nullable=False
+    )
+    type: Mapped[str] = mapped_column(String(32), nullable=False)
+    created_at: Mapped[datetime] = _now()
+    body: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+    __table_args__ = (Index("ix_webhook_events_job", "job_id", "created_at"),)
+
+
+class WebhookDelivery(Base):
+    """One event for one endpoint: delivered after a 2xx, else retried at `next_attempt_at`
+    until it is given up."""
+
+    __tablename__ = "webhook_deliveries"
+
+    event_id: Mapped[str] = mapped_column(
+        ForeignKey("webhook_events.id", ondelete="CASCADE"), primary_key=True
+    )
+    webhook_id: Mapped[str] = mapped_column(ForeignKey("webhooks.id"), primary_key=True)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    next_attempt_at: Mapped[datetime] = _now()
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    gave_up_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        # The delivery loop's "what is due" reads only open deliveries.
+        Index("ix_webhook_deliveries_due", "next_attempt_at",
+              postgresql_where=text("delivered_at IS NULL AND gave_up_at IS NULL")),
+        Index("ix_webhook_deliveries_webhook", "webhook_id"),
+    )
+
+
 __all__ = [
     "AgentVersion", "ApiKey", "AuditEvent", "AnalysisRun", "BackfillBatch", "BackfillItem",
-    "BackfillJob", "Base", "SessionRecord", "Workspace",
+    "BackfillJob", "Base", "SessionRecord", "Webhook", "WebhookDelivery", "WebhookEvent",
+    "Workspace",
 ]

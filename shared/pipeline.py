@@ -11,6 +11,10 @@ row goes through `shared.state`; what a failure does next is `shared.retry`'s de
 Resolving also decides how the result is recorded (`shared.state.trials`): a trial's results
 stay in history; a job promoted from a trial that already analysed this session with this very
 configuration records the trial's result right there, and no request is sent at all.
+
+Every attempt that ends here is told once, by `_finished`: the `session_finished` log line and
+`backfill_sessions_total`; every answer the provider billed is counted by `interpret`, the
+step both paths share (tokens and cost: `shared.metrics`).
 """
 
 from __future__ import annotations
@@ -22,13 +26,20 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from shared import analysis, llm, retry
+from shared import analysis, llm, metrics, retry
 from shared.errors import AnalysisError
-from shared.pricing import Tokens
+from shared.logs import SESSION_FINISHED
+from shared.pricing import Tokens, cost_usd
 from shared.settings import Settings
 from shared.state import items, jobs, runs, trials
 from shared.state.items import Claim
-from shared.vocabulary import SKIP_DELETED, SKIP_NO_TRANSCRIPT, SKIP_NOT_CONNECTED, Outcome
+from shared.vocabulary import (
+    SKIP_DELETED,
+    SKIP_NO_TRANSCRIPT,
+    SKIP_NOT_CONNECTED,
+    Mode,
+    Outcome,
+)
 
 log = logging.getLogger("backfill.pipeline")
 
@@ -135,7 +146,8 @@ def load_or_skip(tx: Connection, claim: Claim) -> SessionData | None:
     session = load_session(tx, claim.job_id, claim.session_id)
     reason = skip_reason(session)
     if session is None or reason is not None:
-        items.finish(tx, claim, "skipped", error=reason)
+        skipped = items.finish(tx, claim, "skipped", error=reason)
+        _finished(claim, "skipped" if skipped else "superseded", skip_reason=reason)
         return None
     return session
 
@@ -189,11 +201,15 @@ def prepare(tx: Connection, settings: Settings, claim: Claim) -> Prepared | Outc
 # --------------------------------------------------------------------------- answer, record
 
 
-def interpret(config: analysis.EffectiveConfig, message: Mapping[str, Any]) -> Answer:
+def interpret(settings: Settings, config: analysis.EffectiveConfig, message: Mapping[str, Any],
+              *, mode: Mode) -> Answer:
     """A decoded Messages answer, validated against the configuration's schema; raises the
-    AnalysisError it means (refusal, cut off, not fitting the schema)."""
+    AnalysisError it means (refusal, cut off, not fitting the schema). Its tokens are counted
+    first: an answer that does not fit was billed all the same."""
+    tokens = llm.answer_tokens(message)
+    metrics.count_billed(config.model, tokens, cost_usd(settings, config.model, tokens, mode))
     result = analysis.parse_answer(config, llm.answer_text(message))
-    return Answer(result, llm.answer_tokens(message))
+    return Answer(result, tokens)
 
 
 def _field_types(config: analysis.EffectiveConfig) -> dict[str, str]:
@@ -214,9 +230,12 @@ def record_success(tx: Connection, resolved: Resolved, answer: Answer,
         user_sentiment=result.user_sentiment, custom=result.custom,
         document=analysis.analysis_json(resolved.session.kind, result),
     )
-    return runs.record_success(tx, resolved.claim, provenance, written,
-                               runs.Billing(answer.tokens, latency_ms),
-                               apply=resolved.recording.apply)
+    outcome = runs.record_success(tx, resolved.claim, provenance, written,
+                                  runs.Billing(answer.tokens, latency_ms),
+                                  apply=resolved.recording.apply)
+    _finished(resolved.claim, outcome, model=config.model, latency_ms=latency_ms,
+              tokens=answer.tokens)
+    return outcome
 
 
 def record_reused(tx: Connection, resolved: Resolved, trial_run: trials.TrialRun) -> Outcome:
@@ -234,25 +253,50 @@ def record_reused(tx: Connection, resolved: Resolved, trial_run: trials.TrialRun
         user_sentiment=document["user_sentiment"], custom=document[analysis.CUSTOM_KEY],
         document=document,
     )
-    return runs.record_success(tx, resolved.claim, provenance, written,
-                               runs.Billing(Tokens(), 0), apply=resolved.recording.apply,
-                               started_at=trial_run.started_at)
+    outcome = runs.record_success(tx, resolved.claim, provenance, written,
+                                  runs.Billing(Tokens(), 0), apply=resolved.recording.apply,
+                                  started_at=trial_run.started_at)
+    _finished(resolved.claim, outcome, model=trial_run.model, latency_ms=0, tokens=Tokens())
+    return outcome
 
 
-def record_failure(tx: Connection, settings: Settings, claim: Claim,
-                   exc: AnalysisError) -> Outcome:
-    """In the caller's transaction, what `shared.retry` decides: paused, retry or failed."""
-    log.warning(
-        "analysis failed", extra={"job_id": claim.job_id, "session_id": claim.session_id,
-                                  "error_kind": exc.kind, "attempt": claim.attempt},
-    )
+def record_failure(tx: Connection, settings: Settings, claim: Claim, exc: AnalysisError,
+                   *, model: str | None = None) -> Outcome:
+    """In the caller's transaction, what `shared.retry` decides: paused, retry or failed.
+    `model` is the one the request went to, when there was a request."""
     decision = retry.decide(settings, claim.attempt, exc)
+    outcome: Outcome = "failed"
     if decision.action == "pause":
         jobs.pause_running(tx, claim.job_id, f"{exc.kind}: {items.clip(str(exc))}")
         items.give_back_uncounted(tx, claim, exc.kind, str(exc))
-        return "paused"
-    if decision.action == "retry":
+        outcome = "paused"
+    elif decision.action == "retry":
         items.retry_later(tx, claim, exc.kind, str(exc), decision.delay_s)
-        return "retry"
-    items.finish(tx, claim, "failed", exc.kind, str(exc))
-    return "failed"
+        outcome = "retry"
+    else:
+        items.finish(tx, claim, "failed", exc.kind, str(exc))
+    _finished(claim, outcome, error_kind=exc.kind, model=model,
+              retry_in_s=round(decision.delay_s, 3) if outcome == "retry" else None)
+    return outcome
+
+
+# --------------------------------------------------------------------------- telling
+
+
+def _finished(claim: Claim, outcome: Outcome, *, error_kind: str | None = None,
+              model: str | None = None, latency_ms: int | None = None,
+              tokens: Tokens | None = None, **details: Any) -> None:
+    """One attempt ended: the `session_finished` line (DESIGN's fields; null where they do
+    not apply) and the session counter. Never the error's message: it may quote the answer."""
+    metrics.count_session(outcome, error_kind, model)
+    level = logging.WARNING if outcome in ("failed", "paused") else logging.INFO
+    log.log(level, SESSION_FINISHED, extra={
+        "job_id": claim.job_id, "session_id": claim.session_id, "outcome": outcome,
+        "error_kind": error_kind, "attempt": claim.attempt, "model": model,
+        "latency_ms": latency_ms,
+        "input_tokens": tokens.input if tokens else None,
+        "output_tokens": tokens.output if tokens else None,
+        "cache_read_tokens": tokens.cache_read if tokens else None,
+        "cache_write_tokens": tokens.cache_write if tokens else None,
+        **{key: value for key, value in details.items() if value is not None},
+    })

@@ -23,7 +23,10 @@ DEFAULT_LEADER_LOCK_KEY = 0x6261636B66696C6C
 class Settings(BaseSettings):
     """Every knob of the system. Names map to environment variables (case-insensitive)."""
 
-    model_config = SettingsConfigDict(env_prefix="", extra="ignore", populate_by_name=True)
+    # Settings hold secrets (URLs with passwords, keys): a validation error names the variable,
+    # never the value it was given.
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", populate_by_name=True,
+                                      hide_input_in_errors=True)
 
     database_url: str | None = None
     broker_url: str | None = None
@@ -35,8 +38,9 @@ class Settings(BaseSettings):
     backfill_run_dir: str = ".run"
 
     # The deployment's secret (a Fernet key, or several comma-separated while rotating): signs
-    # operator console sessions and encrypts webhook secrets. A SecretStr, so it never shows
-    # in a repr, a log line or a validation error.
+    # operator console sessions and encrypts webhook secrets at rest. A SecretStr, so it never
+    # shows in a repr, a log line or a validation error; its format is checked at the API's and
+    # the scheduler's start (scheduler/webhooks/secretbox.py).
     secret_key: SecretStr | None = Field(None, alias="BACKFILL_SECRET_KEY")
 
     # LLM call
@@ -146,6 +150,18 @@ class Settings(BaseSettings):
     price_batch_multiplier: float = Field(0.5, ge=0, alias="BACKFILL_PRICE_BATCH")
     # Output tokens one analysis is expected to take, for `preview` estimates.
     estimate_output_tokens: int = Field(250, ge=0, alias="BACKFILL_ESTIMATE_OUTPUT_TOKENS")
+
+    # Observability and notifications (shared/logs.py, shared/metrics.py, scheduler/webhooks/).
+    # None = text on a terminal, json otherwise.
+    log_format: Literal["json", "text"] | None = Field(None, alias="BACKFILL_LOG_FORMAT")
+    # Where a worker or scheduler serves /metrics (one port per process); None = not served.
+    metrics_port: int | None = Field(None, ge=1, le=65535, alias="BACKFILL_METRICS_PORT")
+    # Tests and on-premises receivers: private addresses and http:// (addresses.py).
+    webhook_allow_private: bool = Field(False, alias="BACKFILL_WEBHOOK_ALLOW_PRIVATE")
+    # DESIGN: no answer within 10 s is a failed attempt (shorter only in tests). Retries back
+    # off exponentially from a base; None = the schedule's own (scheduler/webhooks/backoff.py).
+    webhook_timeout_s: float = Field(10.0, gt=0, le=10, alias="BACKFILL_WEBHOOK_TIMEOUT_S")
+    webhook_retry_base_s: float | None = Field(None, gt=0, alias="BACKFILL_WEBHOOK_RETRY_BASE_S")
 
     @model_validator(mode="after")
     def _below_visibility_timeout(self) -> Settings:

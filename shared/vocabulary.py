@@ -98,3 +98,9 @@ def is_json_integer(value: object) -> TypeGuard[int]:
 
 def is_json_number(value: object) -> TypeGuard[int | float]:
     return is_json_integer(value) or isinstance(value, float)
+
+# --------------------------------------------------------------------------- webhooks
+
+# What a workspace's webhook endpoints are told (DESIGN "Webhooks").
+WebhookEventType = Literal["backfill.completed", "backfill.paused", "backfill.cancelled"]
+WEBHOOK_EVENT_TYPES: Final[tuple[WebhookEventType, ...]] = get_args(WebhookEventType)

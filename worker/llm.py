@@ -2,7 +2,8 @@
 
 Before each call the global rate limit (`shared.ratelimit`) is asked for capacity; after it,
 the buckets are corrected with the real usage and tightened from the provider's rate-limit
-headers. Errors are wrapped here into the item's error kinds (`shared.llm`). The answer is
+headers. Errors are wrapped here into the item's error kinds (`shared.llm`). Every request is
+counted by status and timed, and every wait for capacity is timed (`shared.metrics`). The answer is
 decoded from the response body once, as JSON: the pipeline reads it as a plain mapping, so no
 SDK model objects are built and thrown away per session.
 """
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from shared import errors
+from shared import errors, metrics
 from shared.broker import redis_client_url
 from shared.llm import api_key, local_token_estimate, make_client, wrap_api_error
 from shared.ratelimit import Cost, Feedback, Limits, RateLimiter
@@ -122,12 +123,15 @@ def complete(client: anthropic.Anthropic, policy: CallPolicy, request: dict[str,
     started = time.monotonic()
     try:
         raw = client.messages.with_raw_response.create(**request)
+        metrics.count_llm_request(model, str(raw.status_code), time.monotonic() - started)
         message = raw.json()
     except anthropic.APIStatusError as exc:
+        metrics.count_llm_request(model, str(exc.status_code), time.monotonic() - started)
         if limiter is not None:
             _after_call(limiter, model, exc.response.headers, exc.status_code)
         raise wrap_api_error(exc) from exc
     except anthropic.APIError as exc:
+        metrics.count_llm_request(model, _unanswered_status(exc), None)
         raise wrap_api_error(exc) from exc
     except ValueError as exc:  # a 200 whose body is not JSON: the provider's fault, transient
         raise errors.LLMServerError("the provider's answer is not JSON") from exc
@@ -137,6 +141,15 @@ def complete(client: anthropic.Anthropic, policy: CallPolicy, request: dict[str,
     if limiter is not None:
         _after_call(limiter, model, raw.headers, 200, (estimate, used_cost(message)))
     return Reply(message, latency_ms)
+
+
+def _unanswered_status(exc: Exception) -> str:
+    """The status label of a request that got no HTTP answer."""
+    import anthropic
+
+    if isinstance(exc, anthropic.APITimeoutError):
+        return "timeout"
+    return "connection" if isinstance(exc, anthropic.APIConnectionError) else "error"
 
 
 def without_cache_control(request: Mapping[str, Any]) -> dict[str, Any]:
@@ -175,7 +188,15 @@ def used_cost(message: Mapping[str, Any]) -> Cost:
 def wait_for_capacity(limiter: RateLimiter, model: str, cost: Cost, max_wait_s: float) -> None:
     """Wait, bounded, for the buckets to hold `cost`; past the bound the item goes back to
     `pending` through the retry path (`llm_rate_limited`) instead of holding a worker thread."""
-    deadline = time.monotonic() + max_wait_s
+    started = time.monotonic()
+    try:
+        _wait_until_taken(limiter, model, cost, started + max_wait_s, max_wait_s)
+    finally:
+        metrics.RATELIMIT_WAIT.observe(time.monotonic() - started)
+
+
+def _wait_until_taken(limiter: RateLimiter, model: str, cost: Cost, deadline: float,
+                      max_wait_s: float) -> None:
     while True:
         try:
             wait_s = limiter.try_take(model, cost)

@@ -16,11 +16,11 @@ from contextlib import AbstractContextManager, nullcontext
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from shared import errors, pipeline
+from shared import errors, metrics, pipeline
 from shared.pipeline import Prepared
 from shared.state import items
 from shared.state.items import Claim
-from shared.vocabulary import Outcome
+from shared.vocabulary import LIVE, Outcome
 from worker.context import WorkerContext
 
 log = logging.getLogger("backfill.worker")
@@ -32,7 +32,8 @@ DB_UNAVAILABLE: tuple[type[Exception], ...] = (OperationalError, InterfaceError,
 
 def analyze_session(ctx: WorkerContext, job_id: str, session_id: str) -> Outcome:
     """Returns the outcome (for logs and tests): succeeded, skipped, failed, retry, paused,
-    not_claimed, superseded, duplicate, db_unavailable, abandoned."""
+    not_claimed, superseded, duplicate, db_unavailable, abandoned. The pipeline counts the
+    outcomes it records; the ones that record nothing are counted here."""
     try:
         prepared = claim_and_prepare(ctx, job_id, session_id)
     except DB_UNAVAILABLE as exc:
@@ -40,7 +41,10 @@ def analyze_session(ctx: WorkerContext, job_id: str, session_id: str) -> Outcome
         # acknowledged: the reconciler sees a queued item that no message carries any more
         # and sends it again.
         _log_db_error("cannot claim", job_id, session_id, exc)
+        metrics.count_session("db_unavailable", "db_unavailable", None)
         return "db_unavailable"
+    if prepared == "not_claimed":
+        metrics.count_session("not_claimed", None, None)
     if isinstance(prepared, str):
         return prepared
     with _holding(ctx, prepared.resolved.claim):
@@ -67,20 +71,23 @@ def run_and_record(ctx: WorkerContext, prepared: Prepared) -> Outcome:
         failure = exc
     except DB_UNAVAILABLE as exc:
         failure = errors.DatabaseUnavailable(f"database unavailable: {_db_error_name(exc)}")
+    model = prepared.resolved.config.model
     try:
         with ctx.db.transaction() as tx:
-            return pipeline.record_failure(tx, ctx.settings, claim, failure)
+            return pipeline.record_failure(tx, ctx.settings, claim, failure, model=model)
     except DB_UNAVAILABLE as exc:
         # The failure cannot be written either. Leaving `_holding` stops the heartbeat, so the
         # lease lapses and the reconciler re-dispatches the item (the attempt stays counted).
         _log_db_error("cannot record the failure", claim.job_id, claim.session_id, exc)
+        metrics.count_session("abandoned", failure.kind, model)
         return "abandoned"
 
 
 def _call_and_write(ctx: WorkerContext, prepared: Prepared) -> Outcome:
     """The LLM call, outside any transaction; then the result in a second short one."""
     reply = ctx.caller.complete(prepared.request)
-    answer = pipeline.interpret(prepared.resolved.config, reply.message)
+    answer = pipeline.interpret(ctx.settings, prepared.resolved.config, reply.message,
+                                mode=LIVE)
     with ctx.db.transaction() as tx:
         return pipeline.record_success(tx, prepared.resolved, answer, reply.latency_ms)
 

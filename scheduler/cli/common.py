@@ -2,8 +2,9 @@
 error of the user's input or of the environment ever reaches the user as a traceback.
 
 Exit codes: 0 done; 1 an object that does not exist; 2 bad input (or a state that does not
-allow the action); 3 the environment — Postgres or the broker cannot be reached, the schema
-is missing or behind, a statement timed out.
+allow the action, or a webhook verb without BACKFILL_SECRET_KEY); 3 the environment — Postgres
+or the broker cannot be reached, the schema is missing or behind, a statement timed out, a
+setting in the environment is malformed.
 
 Verb modules import what a verb needs inside the verb: `backfill show JOB` must not pay for
 the LLM SDK, the web framework or Flower.
@@ -17,8 +18,9 @@ from collections.abc import Callable
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
+from pydantic import ValidationError
 
-from shared.errors import EnvironmentProblem, InvalidInput, NotFound
+from shared.errors import BackfillError, EnvironmentProblem, InvalidInput, NotFound
 
 T = TypeVar("T")
 
@@ -36,6 +38,10 @@ class BackfillCLI(typer.Typer):
             return super().__call__(*args, **kwargs)
         except EnvironmentProblem as exc:
             _fail(str(exc), EXIT_ENVIRONMENT)
+        except ValidationError as exc:
+            if exc.title != "Settings":
+                raise
+            _fail(settings_problem(exc), EXIT_ENVIRONMENT)
         except Exception as exc:
             problem = environment_problem(exc)
             if problem is None:
@@ -59,6 +65,14 @@ def environment_problem(exc: BaseException) -> EnvironmentProblem | None:
         return BrokerUnreachable(f"cannot connect to the broker at "
                                  f"{broker_location(settings.broker_url)}: {type(exc).__name__}")
     return None
+
+
+def settings_problem(exc: ValidationError) -> str:
+    """The first malformed variable and what is wrong with it (the settings never quote the
+    value: it may be a secret)."""
+    error = exc.errors(include_url=False)[0]
+    variable = ".".join(str(part) for part in error["loc"]).upper() or "settings"
+    return f"{variable}: {error['msg']}"
 
 
 def _is_broker_failure(exc: BaseException) -> bool:
@@ -112,6 +126,16 @@ def guarded(action: Callable[[], T]) -> T:
         _fail(str(exc), EXIT_BAD_INPUT)
     except NotFound as exc:
         _fail(str(exc), EXIT_NOT_FOUND)
+    except BackfillError as exc:
+        if not _is_missing_secret_key(exc):
+            raise
+        _fail(str(exc), EXIT_BAD_INPUT)
+
+
+def _is_missing_secret_key(exc: BaseException) -> bool:
+    # Checked by module, so that a verb that never needs the key never imports cryptography.
+    secretbox = sys.modules.get("scheduler.webhooks.secretbox")
+    return secretbox is not None and isinstance(exc, secretbox.SecretKeyMissing)
 
 
 def emit(document: Any) -> None:

@@ -2,12 +2,15 @@
 their health probes, and the dev tools (the LLM stand-in, the demo).
 
 A component refuses to start on an environment it cannot work in — a schema behind this
-release, a broker that does not answer — with one line saying so (exit 3), rather than failing
-on every session it takes.
+release, a broker that does not answer, a malformed BACKFILL_SECRET_KEY, a metrics port that
+is taken — with one line saying so (exit 3), rather than failing on every session it takes.
+Each configures the process's logs first (`shared.logs`: BACKFILL_LOG_FORMAT), and the worker
+and the scheduler serve `/metrics` on `--metrics-port` (BACKFILL_METRICS_PORT).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -18,8 +21,17 @@ import typer
 
 from scheduler.cli.common import app, db_app, guarded
 from scheduler.cli.runtime import open_database, resolve_settings
-from shared.errors import InvalidInput
+from shared.errors import EnvironmentProblem, InvalidInput
 from shared.settings import Settings
+
+log = logging.getLogger("backfill.scheduler")
+
+MetricsPort = Annotated[int | None, typer.Option(
+    "--metrics-port", min=1, max=65535,
+    help="Serve Prometheus /metrics on this port (default BACKFILL_METRICS_PORT; unset: none).")]
+# A scheduler finishing its webhook attempts on SIGTERM waits at most this long (one attempt's
+# bound); an attempt cut short is claimed again after its lease.
+WEBHOOK_STOP_S = 20.0
 
 
 @db_app.command("upgrade")
@@ -52,33 +64,67 @@ def worker(
     ctx: typer.Context,
     concurrency: Annotated[int | None, typer.Option("--concurrency", "-c")] = None,
     pool: Annotated[str, typer.Option("--pool")] = "threads",
+    metrics_port: MetricsPort = None,
 ) -> None:
     """Run a Celery worker (threads pool; extra options after -- go to celery)."""
+    from shared.logs import log_format
+
     settings = resolve_settings(need_broker=True)
     _require_environment(settings, broker=True)
     threads = concurrency or settings.worker_concurrency
     os.environ["BACKFILL_WORKER_CONCURRENCY"] = str(threads)
-    argv = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool", pool,
+    if metrics_port is not None:  # the worker process (worker.app) serves it
+        os.environ["BACKFILL_METRICS_PORT"] = str(metrics_port)
+    # Celery's start-up banner is for a person; in a JSON log it would be the only lines
+    # that are not JSON. (`--quiet` is an option of `celery` itself, not of `worker`.)
+    quiet = ["--quiet"] if log_format(settings.log_format) == "json" else []
+    argv = [sys.executable, "-m", "celery", "-A", "worker.app", *quiet, "worker", "--pool", pool,
             "--concurrency", str(threads), "--queues", settings.queue_name,
             "--loglevel", "INFO", "--without-gossip", "--without-mingle", *ctx.args]
     os.execv(sys.executable, argv)
 
 
 @app.command()
-def scheduler() -> None:
-    """Run the dispatcher and reconciler until SIGTERM/SIGINT, while holding the leader lock."""
+def scheduler(metrics_port: MetricsPort = None) -> None:
+    """Run the dispatcher and reconciler (while holding the leader lock) and webhook delivery.
+
+    Runs until SIGTERM/SIGINT."""
     from scheduler.run.dispatcher import Dispatcher
+    from scheduler.run.gauges import SchedulerGauges
     from scheduler.run.leader import run_while_leader
+    from scheduler.webhooks.delivery import WebhookSender
+    from scheduler.webhooks.secretbox import check_deployment_key
+    from shared import logs
     from shared.broker import make_celery
 
     settings = resolve_settings(need_broker=True)
+    logs.configure(settings.log_format)
+    check_deployment_key(settings.secret_key)
     _require_environment(settings, broker=True)
+    db = open_database(settings)
+    port = metrics_port or settings.metrics_port
+    if port is not None:
+        from prometheus_client import REGISTRY
+
+        REGISTRY.register(SchedulerGauges(db, settings))
+        _serve_metrics(port)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    dispatcher = Dispatcher(open_database(settings), make_celery(settings), settings)
-    typer.echo("scheduler running", err=True)
+    dispatcher = Dispatcher(db, make_celery(settings), settings)
+    sender = WebhookSender(db, settings).start(stop)
+    log.info("scheduler running")
     run_while_leader(settings, dispatcher.tick, stop)
+    sender.join(WEBHOOK_STOP_S)
+
+
+def _serve_metrics(port: int) -> None:
+    from shared import metrics
+
+    try:
+        metrics.serve(port)
+    except OSError as exc:
+        raise EnvironmentProblem(f"cannot serve metrics on port {port}: {exc.strerror}") from None
 
 
 @app.command()
@@ -86,14 +132,29 @@ def api(
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port")] = 8000,
 ) -> None:
-    """Serve the HTTP API (FastAPI on uvicorn); OpenAPI at /openapi.json."""
+    """Serve the HTTP API (FastAPI on uvicorn); OpenAPI at /openapi.json, metrics at /metrics."""
     import uvicorn
 
     from scheduler.http.app import create_app
+    from scheduler.webhooks.secretbox import check_deployment_key
+    from shared import logs
 
     settings = resolve_settings(need_broker=True)  # /healthz checks the broker too
+    logs.configure(settings.log_format)
+    check_deployment_key(settings.secret_key)
     _require_environment(settings, broker=False)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    # log_config=None: uvicorn's loggers go through ours (one format), not its own handlers.
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", log_config=None)
+
+
+@app.command("secret-key")
+def secret_key() -> None:
+    """Print a new BACKFILL_SECRET_KEY: the deployment's key for webhook secrets at rest.
+
+    Give the same key to every API replica and scheduler of one deployment."""
+    from scheduler.webhooks.secretbox import new_secret_key
+
+    typer.echo(new_secret_key())
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

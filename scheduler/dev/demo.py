@@ -41,6 +41,7 @@ SAMPLE_SIZE = 5
 def run_demo(sessions: int, concurrency: int) -> None:
     settings = resolve_settings(need_broker=True)
     run_dir = Path(settings.backfill_run_dir)
+    _use_a_secret_key(run_dir)
     console.rule("1. schema and data")
     upgrade_to_head(settings.require_database_url())
     db = open_database(settings)
@@ -55,6 +56,23 @@ def run_demo(sessions: int, concurrency: int) -> None:
         for process in reversed(started):
             processes.stop(process)
         console.print(f"stopped {len(started)} processes; logs in {run_dir}/logs/")
+
+
+def _use_a_secret_key(run_dir: Path) -> None:
+    """The deployment's key (webhook secrets at rest) for the processes started here: the
+    environment's, else one kept under the run directory across demos."""
+    if os.environ.get("BACKFILL_SECRET_KEY"):
+        return
+    from scheduler.webhooks.secretbox import new_secret_key
+
+    path = run_dir / "secret-key"
+    if not path.exists():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(new_secret_key() + "\n", encoding="ascii")
+    os.environ["BACKFILL_SECRET_KEY"] = path.read_text(encoding="ascii").strip()
+    get_settings.cache_clear()
+    console.print(f"BACKFILL_SECRET_KEY from {path}")
 
 
 def _import_dataset(db: Database, run_dir: Path, sessions: int) -> None:

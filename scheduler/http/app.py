@@ -2,8 +2,9 @@
 
 One `Database` per app, built in the lifespan from settings, so importing this module opens
 no connection. The request guard authenticates every `/v1` request before routing (`guard`);
-errors have one shape (`errors`); the endpoints are `routes` and `changes` (change reports,
-promote, revert).
+errors have one shape (`errors`); the endpoints are `routes`, `changes` (change reports,
+promote, revert) and `webhooks`; `/metrics` and the request counters are `metrics`; the
+operator console is `console`.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from scheduler.http import changes, console, errors, routes
+from scheduler.http import changes, console, errors, routes, webhooks
 from scheduler.http.guard import RequestGuard
+from scheduler.http.metrics import RequestMetrics, metrics_endpoint
 from scheduler.http.schemas import Health
 from shared.broker import broker_reachable, redis_client_url
 from shared.db import Database
@@ -85,10 +87,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     app.add_middleware(RequestGuard)
+    app.add_middleware(RequestMetrics)  # added last, so outermost: it counts the guard's answers
     app.include_router(routes.v1)
     app.include_router(changes.v1)
+    app.include_router(webhooks.router)
     app.add_api_route("/healthz", healthz, methods=["GET"], response_model=Health,
                       responses={503: {"model": Health, "description": "A service is down."}},
                       tags=["health"])
+    # For Prometheus, not for clients: no key, and not in the OpenAPI document.
+    app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
     console.mount(app)
     return app

@@ -1,7 +1,9 @@
 """One error shape for every HTTP error: `{"error": {"type", "message", "filter_index"?}}`.
 
 Bad input is a 4xx with a message a client can act on; never a 5xx. A database that cannot be
-reached is a 503; anything else unexpected is a 500 without details (the server logs it).
+reached is a 503, and so is a deployment without the BACKFILL_SECRET_KEY a webhook needs (the
+operator's to fix, not the client's); anything else unexpected is a 500 without details (the
+server logs it).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from scheduler.jobs.operations import JobStateConflict
+from scheduler.webhooks.secretbox import SecretKeyMissing
 from shared.errors import (
     BackfillError,
     EnvironmentProblem,
@@ -60,6 +63,9 @@ def install(app: FastAPI) -> None:
 async def _backfill_error(_: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, EnvironmentProblem):
         log.warning("environment problem: %s", exc)
+        return error_response(503, str(exc))
+    if isinstance(exc, SecretKeyMissing):
+        log.warning("a webhook was refused: BACKFILL_SECRET_KEY is not set")
         return error_response(503, str(exc))
     if isinstance(exc, NotFound):
         return error_response(404, str(exc))

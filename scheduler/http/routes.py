@@ -49,20 +49,20 @@ bearer = HTTPBearer(auto_error=False, scheme_name="ApiKey",
                     description="A workspace API key (`backfill api-key create --workspace W`).")
 
 
-def _error(description: str) -> dict[str, Any]:
+def error_response_spec(description: str) -> dict[str, Any]:
     return {"model": ErrorBody, "description": description}
 
 
 COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: _error("The body is not JSON."),
-    401: _error("Missing, unknown or revoked API key."),
-    413: _error("The body is larger than 1 MiB."),
-    422: _error("Invalid input; filter errors name `filters[i]`."),
-    503: _error("The database is unavailable."),
+    400: error_response_spec("The body is not JSON."),
+    401: error_response_spec("Missing, unknown or revoked API key."),
+    413: error_response_spec("The body is larger than 1 MiB."),
+    422: error_response_spec("Invalid input; filter errors name `filters[i]`."),
+    503: error_response_spec("The database is unavailable."),
 }
 Responses = dict[int | str, dict[str, Any]]
-NOT_FOUND: Responses = {404: _error("No such job or session in the key's workspace.")}
-CONFLICT: Responses = {409: _error("The job's state does not allow this action.")}
+NOT_FOUND: Responses = {404: error_response_spec("No such job or session in the key's workspace.")}
+CONFLICT: Responses = {409: error_response_spec("The job's state does not allow this action.")}
 
 
 # ------------------------------------------------------------------------------ dependencies

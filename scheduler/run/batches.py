@@ -216,7 +216,8 @@ class BatchCycle:
             return
         with self.db.transaction() as tx:
             for request in requests:
-                pipeline.record_failure(tx, self.settings, request.claim, exc)
+                pipeline.record_failure(tx, self.settings, request.claim, exc,
+                                        model=request.prepared.resolved.config.model)
 
     # ----------------------------------------------------------------- poll
 
@@ -297,7 +298,8 @@ class BatchCycle:
             if isinstance(resolved, str):
                 return resolved
             try:
-                answer = pipeline.interpret(resolved.config, result.message.to_dict())
+                answer = pipeline.interpret(self.settings, resolved.config,
+                                            result.message.to_dict(), mode=BATCH)
             except errors.AnalysisError as exc:
                 return pipeline.record_failure(tx, self.settings, claim, exc)
             return pipeline.record_success(tx, resolved, answer, latency_ms)

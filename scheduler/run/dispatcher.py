@@ -16,6 +16,7 @@ from celery import Celery
 
 from scheduler.run.batches import BatchCycle
 from scheduler.run.reconciler import Reconciler, ReconcileReport
+from shared import metrics
 from shared.broker import ANALYZE_SESSION
 from shared.db import Database
 from shared.settings import Settings
@@ -77,7 +78,9 @@ class Dispatcher:
                 log.exception("broker refused a message; unsent items go back to pending")
                 with self.db.transaction() as tx:
                     items.unqueue(tx, job_id, session_ids[index:])
+                metrics.DISPATCHED.inc(index)
                 return index
+        metrics.DISPATCHED.inc(len(session_ids))
         return len(session_ids)
 
     def reconcile_if_due(self) -> ReconcileReport | None:

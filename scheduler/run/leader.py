@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from typing import Any
 import psycopg
 from sqlalchemy.engine import make_url
 
+from shared import metrics
 from shared.db import normalise_database_url
 from shared.settings import DEFAULT_LEADER_LOCK_KEY, Settings
 
@@ -173,9 +173,9 @@ def heartbeat_age_s(path: Path) -> float | None:
 
 
 def announce(message: str) -> None:
-    """Leadership changes go to stderr, like the scheduler's other status lines: operators
-    (and the failover test) read them there whatever logging is configured."""
-    print(message, file=sys.stderr, flush=True)
+    """Leadership changes go to the scheduler's log, in its format: an operator reading it
+    learns who dispatches (the gauge `backfill_scheduler_leader` says it too)."""
+    log.info(message)
 
 
 @dataclass
@@ -200,6 +200,7 @@ class LeaderLoop:
                     stop.wait(self.idle_s)
         finally:
             self.lock.release()
+            metrics.SCHEDULER_LEADER.set(0)
             if self.leading:
                 announce("scheduler stopped; leader lock released")
 
@@ -215,6 +216,7 @@ class LeaderLoop:
         else:
             announce(f"scheduler is on standby: {_standby_reason(self.lock)}")
         self.leading = held
+        metrics.SCHEDULER_LEADER.set(1 if held else 0)
 
     def _pass(self) -> int:
         try:

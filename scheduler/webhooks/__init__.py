@@ -3,14 +3,15 @@ is cancelled.
 
 The feature has four parts:
 
-- the registry: endpoints per workspace, with their secrets encrypted at rest;
-- delivery: events kept in Postgres and POSTed until an endpoint answers 2xx, with backoff,
-  for more than a day, across restarts;
+- the registry (`registry`): endpoints per workspace, with their secrets encrypted at rest;
+- delivery (`delivery`): events kept in Postgres (written with each job state change by
+  `shared.state.events`) and POSTed until an endpoint answers 2xx, with backoff, for more
+  than a day, across restarts;
 - signing: the `Backfill-Signature` header a receiver checks;
 - the address policy: an endpoint must be https and reach only public addresses.
 
-The modules here are the pure pieces, with no database and no HTTP: `signing` (signatures,
-secrets, event ids), `addresses` (the URL and address rule), `secretbox` (encryption at rest
-under `BACKFILL_SECRET_KEY`), `backoff` (the retry schedule) and `events` (event types and the
-exact body bytes). The registry and the delivery loop are built on them.
+The pure pieces, with no database and no HTTP: `signing` (signatures, secrets), `addresses`
+(the URL and address rule), `secretbox` (encryption at rest under `BACKFILL_SECRET_KEY`),
+`backoff` (the retry schedule) and `events` (the exact body bytes). The registry and the
+delivery loop are built on them.
 """

@@ -8,8 +8,13 @@ on every API replica and scheduler, re-encrypt the stored secrets (`SecretBox.ro
 drop the old key.
 
 A key never appears in a message, an exception or a repr. The settings field that holds it
-should be a `SecretStr` and hide its input in validation errors, since pydantic's errors
-otherwise quote the value.
+is a `SecretStr`, and the settings hide their input in validation errors, since pydantic's
+errors otherwise quote the value.
+
+`deployment_box` is the box of the setting: without a key, what needs it is refused
+(`SecretKeyMissing`: CLI exit 2, HTTP 503); a malformed key is the environment's problem
+(`MalformedSecretKey`: exit 3), and the API and the scheduler check it when they start
+(`check_deployment_key`), so a typo stops them at once rather than at the first webhook.
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ import re
 from collections.abc import Callable, Sequence
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from pydantic import SecretStr
 
-from shared.errors import BackfillError
+from shared.errors import BackfillError, EnvironmentProblem
 
 NO_KEY_MESSAGE = (
     "webhooks need BACKFILL_SECRET_KEY, the deployment's key that encrypts webhook secrets: "
@@ -38,6 +44,13 @@ class SecretKeyMissing(BackfillError):
 
     def __init__(self) -> None:
         super().__init__(NO_KEY_MESSAGE)
+
+
+class MalformedSecretKey(EnvironmentProblem):
+    """BACKFILL_SECRET_KEY is set but is not a Fernet key; the message says how to make one."""
+
+    def __init__(self) -> None:
+        super().__init__(MALFORMED_KEY_MESSAGE)
 
 
 class WrongSecretKey(BackfillError):
@@ -103,3 +116,18 @@ class SecretBox:
             return operation(token.encode("ascii"))
         except (InvalidToken, UnicodeEncodeError):
             raise WrongSecretKey() from None
+
+
+def deployment_box(setting: SecretStr | None) -> SecretBox:
+    """The box of the deployment's key (the BACKFILL_SECRET_KEY setting)."""
+    try:
+        return SecretBox.from_setting(setting.get_secret_value() if setting else None)
+    except ValueError:
+        raise MalformedSecretKey() from None
+
+
+def check_deployment_key(setting: SecretStr | None) -> None:
+    """At a process's start: a malformed key stops it; no key is fine until something needs
+    one."""
+    if setting is not None and setting.get_secret_value().strip():
+        deployment_box(setting)

@@ -52,11 +52,6 @@ def new_secret() -> str:
     return "whsec_" + secrets.token_urlsafe(32)
 
 
-def new_event_id() -> str:
-    """A new event id; it stays the same across every retry of the event's delivery."""
-    return "evt_" + secrets.token_hex(16)
-
-
 def _digest(secret: str, body: bytes, timestamp: int) -> str:
     message = str(timestamp).encode("ascii") + b"." + body
     return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()

@@ -10,7 +10,9 @@ a claim whose lease was taken over, or two schedulers overlapping change nothing
 - `items`: an item's life — expand, queue, claim, renew its lease, retry later, finish, and
   the reconciler's and the operator's moves;
 - `jobs`: a job's life — create, record its expansion, pause, resume, cancel, reopen,
-  complete — and the one place that says which jobs are batch-mode;
+  complete — and the one place that says which jobs are batch-mode; each change also logs
+  `job_state` and writes its webhook event;
+- `events`: the webhook outbox those changes write (the event and a delivery per endpoint);
 - `runs`: the success write (the item, its `analysis_runs` row and the session's analysis);
 - `batches`: the Message Batches a batch-mode job submitted.
 """

@@ -1,6 +1,9 @@
 """A job's life: `running ⇄ paused`, `running → completed`, `running | paused → cancelled`,
 `completed → running` (failed items requeued).
 
+Every transition also writes, in its transaction, the `job_state` log line (`job_id`, `from`,
+`to`, `reason`) and the webhook event it announces (`shared.state.events`): `_announce`.
+
 This module is also the one place that decides which jobs are batch-mode: the mode lives in
 `options.mode` (only batch jobs carry it), read here by `mode_of` and `running_jobs`.
 """
@@ -8,15 +11,20 @@ This module is also the one place that decides which jobs are batch-mode: the mo
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Connection, CursorResult, text
+from sqlalchemy import Connection, text
 
 from shared.errors import NotFound
+from shared.logs import JOB_STATE
+from shared.state import events
 from shared.vocabulary import BATCH, LIVE, Mode
+
+log = logging.getLogger("backfill.state.jobs")
 
 # The SQL form of "this job is batch-mode"; `mode_of` is the same rule over decoded options.
 _IS_BATCH = """options @> '{"mode": "batch"}'::jsonb"""
@@ -52,6 +60,7 @@ _RECORD_EXPANSION = text("""
            finished_at = CASE WHEN :matched = 0 THEN clock_timestamp() END,
            options = CASE WHEN :batch THEN options || '{"mode": "batch"}'::jsonb ELSE options END
      WHERE id = :id
+ RETURNING workspace_id
 """)
 
 
@@ -80,7 +89,10 @@ def for_idempotency_key(tx: Connection, workspace_id: str, key: str | None) -> s
 
 
 def record_expansion(tx: Connection, job_id: str, matched: int, mode: Mode) -> None:
-    tx.execute(_RECORD_EXPANSION, {"id": job_id, "matched": matched, "batch": mode == BATCH})
+    workspace_id = tx.execute(_RECORD_EXPANSION, {"id": job_id, "matched": matched,
+                                                  "batch": mode == BATCH}).scalar_one()
+    if matched == 0:
+        _announce(tx, job_id, workspace_id, "running", "completed", "matched no session")
 
 
 # --------------------------------------------------------------------------- transitions
@@ -101,6 +113,7 @@ _MOVE = text("""
 _PAUSE_RUNNING = text("""
     UPDATE backfill_jobs SET state = 'paused', state_reason = :reason
      WHERE id = :id AND state = 'running'
+ RETURNING workspace_id
 """)
 
 _COMPLETE_FINISHED = text("""
@@ -108,7 +121,7 @@ _COMPLETE_FINISHED = text("""
      WHERE j.state = 'running'
        AND NOT EXISTS (SELECT 1 FROM backfill_items AS i
                         WHERE i.job_id = j.id AND i.state IN ('pending', 'queued', 'running'))
- RETURNING j.id
+ RETURNING j.id, j.workspace_id
 """)
 
 
@@ -128,39 +141,53 @@ def lock(tx: Connection, job_id: str, workspace_id: str | None = None) -> Locked
     return LockedJob(job_id, str(row.workspace_id), str(row.state))
 
 
-def _move(tx: Connection, job_id: str, state: str, reason: str | None,
+def _move(tx: Connection, job: LockedJob, state: str, reason: str | None,
           finished: bool = False) -> None:
-    tx.execute(_MOVE, {"state": state, "reason": reason, "finished": finished, "id": job_id})
+    tx.execute(_MOVE, {"state": state, "reason": reason, "finished": finished, "id": job.job_id})
+    _announce(tx, job.job_id, job.workspace_id, job.state, state, reason)
+
+
+def _announce(tx: Connection, job_id: str, workspace_id: str, before: str, after: str,
+              reason: str | None) -> None:
+    """What every transition writes beside the state: the log line and the webhook event."""
+    log.info(JOB_STATE, extra={"job_id": job_id, "from": before, "to": after, "reason": reason})
+    events.record_job_event(tx, workspace_id, job_id, after)
 
 
 def pause(tx: Connection, job: LockedJob, reason: str) -> None:
     """An operator's pause: nothing more is dispatched; calls in flight finish."""
-    _move(tx, job.job_id, "paused", reason)
+    _move(tx, job, "paused", reason)
 
 
 def resume(tx: Connection, job: LockedJob, reason: str | None) -> None:
-    _move(tx, job.job_id, "running", reason)
+    _move(tx, job, "running", reason)
 
 
 def cancel(tx: Connection, job: LockedJob, reason: str) -> None:
-    _move(tx, job.job_id, "cancelled", reason, finished=True)
+    _move(tx, job, "cancelled", reason, finished=True)
 
 
 def reopen(tx: Connection, job: LockedJob, reason: str) -> None:
     """A completed job whose failed items were requeued runs again."""
-    _move(tx, job.job_id, "running", reason)
+    _move(tx, job, "running", reason)
 
 
 def pause_running(tx: Connection, job_id: str, reason: str) -> bool:
     """Pause a job that is running, whoever notices first (a job-fatal error in one worker
     pauses the job for all); False when it was not running any more."""
-    result = tx.execute(_PAUSE_RUNNING, {"id": job_id, "reason": reason})
-    return bool(cast(CursorResult[Any], result).rowcount)
+    row = tx.execute(_PAUSE_RUNNING, {"id": job_id, "reason": reason}).one_or_none()
+    if row is None:
+        return False
+    _announce(tx, job_id, row.workspace_id, "running", "paused", reason)
+    return True
 
 
 def complete_finished(tx: Connection) -> list[str]:
     """Every running job whose items are all terminal → completed."""
-    return [row.id for row in tx.execute(_COMPLETE_FINISHED)]
+    completed = tx.execute(_COMPLETE_FINISHED).all()
+    for row in completed:
+        _announce(tx, row.id, row.workspace_id, "running", "completed", "every item finished")
+    return [row.id for row in completed]
 
 
 # --------------------------------------------------------------------------- which jobs run

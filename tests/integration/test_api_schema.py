@@ -11,6 +11,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hypothesis_settings
+from pydantic import SecretStr
 from schemathesis import GenerationMode
 from schemathesis.checks import CheckFunction
 from schemathesis.core.result import Ok
@@ -18,6 +19,7 @@ from schemathesis.specs.openapi import checks
 from test_api_support import Tenant, held_job, live_server, make_tenant
 
 from scheduler.http.app import create_app
+from scheduler.webhooks.secretbox import new_secret_key
 from shared.db import Database
 from shared.settings import Settings
 
@@ -41,7 +43,9 @@ CHECKS: list[CheckFunction] = [
 @pytest.fixture(scope="module")
 def base_url(settings: Settings, pipeline: Any) -> Iterator[str]:
     # The pipeline runs the jobs the fuzzer creates, so a `rerun?wait=true` returns promptly.
-    with live_server(create_app(settings)) as url:
+    # With the deployment's key, so webhooks can be added (without it: 503, by design).
+    keyed = settings.model_copy(update={"secret_key": SecretStr(new_secret_key())})
+    with live_server(create_app(keyed)) as url:
         yield url
 
 

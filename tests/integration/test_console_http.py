@@ -27,11 +27,11 @@ from scheduler.http.app import create_app
 from scheduler.http.console import reads
 from scheduler.http.console.sessions import (
     SESSION_COOKIE,
-    SecretKeyMalformed,
     new_session,
     sealer_from_settings,
 )
 from scheduler.jobs import keys, operations
+from scheduler.webhooks.secretbox import MalformedSecretKey
 from shared.db import Database
 from shared.settings import Settings
 
@@ -259,7 +259,7 @@ def test_without_a_secret_key_sign_in_is_refused_and_says_how(settings: Settings
     with TestClient(create_app(bare), follow_redirects=False) as client:
         page = client.get("/console/sign-in")
         assert page.status_code == 503
-        assert "BACKFILL_SECRET_KEY" in page.text and "Fernet.generate_key()" in page.text
+        assert "BACKFILL_SECRET_KEY" in page.text and "backfill secret-key" in page.text
         assert 'name="key"' not in page.text
         posted = client.post("/console/sign-in", data={"key": admin.key})
         assert posted.status_code == 503 and "BACKFILL_SECRET_KEY" in posted.text
@@ -269,7 +269,7 @@ def test_without_a_secret_key_sign_in_is_refused_and_says_how(settings: Settings
 
 def test_a_malformed_secret_key_stops_the_api_at_start(settings: Settings) -> None:
     bad = settings.model_copy(update={"secret_key": SecretStr("not-a-fernet-key")})
-    with pytest.raises(SecretKeyMalformed, match="must be a Fernet key"):
+    with pytest.raises(MalformedSecretKey, match="must be a Fernet key"):
         create_app(bad)
     port = processes.free_port()
     result = subprocess.run(

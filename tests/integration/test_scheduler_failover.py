@@ -135,7 +135,10 @@ def dispatched(engine: Engine, job_id: str) -> bool:
 
 
 def last_status(log_path: Path) -> str:
-    lines = [line for line in log_path.read_text().splitlines() if line.startswith("scheduler ")]
+    """The last leadership line of a scheduler's log (JSON lines: the log is not a terminal)."""
+    events = [json.loads(line).get("event", "") for line in log_path.read_text().splitlines()
+              if line.startswith("{")]
+    lines = [event for event in events if event.startswith("scheduler ")]
     return lines[-1] if lines else ""
 
 

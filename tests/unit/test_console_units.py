@@ -15,7 +15,6 @@ from scheduler.http.console.reads import MAX_BUCKETS, Activity, Bucket, Throughp
 from scheduler.http.console.sessions import (
     ConsoleSession,
     Sealer,
-    SecretKeyMalformed,
     csrf_matches,
     new_session,
     sealer_from_settings,
@@ -27,7 +26,7 @@ from scheduler.http.console.views import (
     job_view,
     percent_text,
 )
-from scheduler.webhooks.secretbox import SecretBox
+from scheduler.webhooks.secretbox import MalformedSecretKey, SecretBox
 from shared.settings import Settings
 
 KEY = Fernet.generate_key()
@@ -67,7 +66,7 @@ def test_csrf_comparison() -> None:
 def test_the_sealer_from_settings() -> None:
     assert sealer_from_settings(Settings()) is None
     assert sealer_from_settings(Settings(BACKFILL_SECRET_KEY="  ")) is None
-    with pytest.raises(SecretKeyMalformed) as refused:
+    with pytest.raises(MalformedSecretKey) as refused:
         sealer_from_settings(Settings(BACKFILL_SECRET_KEY="secret-but-not-fernet"))
     assert "secret-but-not-fernet" not in str(refused.value)
     made = sealer_from_settings(Settings(BACKFILL_SECRET_KEY=KEY.decode()))

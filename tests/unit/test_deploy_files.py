@@ -3,12 +3,15 @@
 Every YAML file parses; every container command is a real `backfill` verb with options it
 accepts; every environment variable handed to a container is one the code reads; compose and
 Kubernetes run the same components with the same verbs; the properties the deployment relies on
-(probes, grace periods, noeviction, secrets by reference, autoscaling arithmetic) hold.
+(probes, grace periods, noeviction, secrets by reference, autoscaling arithmetic) hold; every
+metric the dashboard and the autoscaler read is one the code defines, scraped where it is
+served.
 """
 
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import shutil
@@ -23,6 +26,7 @@ import typer
 import yaml
 
 from scheduler.cli import app
+from shared import metrics
 from shared.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,13 +41,14 @@ APP_IMAGE = "postcall-backfill"
 # Values that must reach containers by reference (compose: `${…}` from the environment;
 # Kubernetes: secretKeyRef), never as literals in a file.
 SECRET_NAMES = {"DATABASE_URL", "BROKER_URL", "ANTHROPIC_API_KEY", "FLOWER_BASIC_AUTH",
-                "POSTGRES_PASSWORD", "REDIS_PASSWORD", "REDISCLI_AUTH"}
+                "POSTGRES_PASSWORD", "REDIS_PASSWORD", "REDISCLI_AUTH", "BACKFILL_SECRET_KEY"}
 # Read by third-party images, not by our code: the official postgres image's entrypoint
 # creates the database and its owner from these; our redis command line expands
 # REDIS_PASSWORD, and redis-cli (its health check) authenticates with REDISCLI_AUTH.
 THIRD_PARTY_ENV = {
     "postgres": {"POSTGRES_DB", "POSTGRES_USER", "POSTGRES_PASSWORD"},
     "redis": {"REDIS_PASSWORD", "REDISCLI_AUTH"},
+    "prometheus": set(),
 }
 # Compose interpolation only, never seen by a container: which image to run, where to publish
 # ports, and the servers' sizes. Kept out of the BACKFILL_ namespace, which is the settings'.
@@ -642,3 +647,115 @@ def test_image_copies_every_package_the_project_installs() -> None:
     ignored = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
     assert all(f"!{path}/" in ignored or f"!{path}" in ignored for path in copied)
 
+
+
+# ---------------------------------------------------------------- metrics
+
+
+DASHBOARD = DEPLOY / "grafana" / "backfill-dashboard.json"
+PROMETHEUS = DEPLOY / "prometheus.yml"
+_METRIC_NAME = re.compile(r"\bbackfill_[a-z_]+\b")
+
+
+def exposed_metric_names() -> set[str]:
+    """The sample names shared.metrics exposes (a counter `x` as `x_total`, a histogram as
+    `x_bucket`, `x_count`, `x_sum`; gauges as themselves)."""
+    names: set[str] = set()
+    for value in vars(metrics).values():
+        if isinstance(value, metrics.Counter):
+            names.add(f"{value._name}_total")
+        elif isinstance(value, metrics.Histogram):
+            names |= {f"{value._name}_{suffix}" for suffix in ("bucket", "count", "sum")}
+        elif isinstance(value, metrics.Gauge):
+            names.add(value._name)
+        elif isinstance(value, metrics.GaugeSpec):
+            names.add(value.name)
+    return names
+
+
+def dashboard_queries() -> list[str]:
+    document = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    return [target["expr"] for panel in document["panels"]
+            for target in panel.get("targets", [])]
+
+
+def metric_port(argv: list[str]) -> int | None:
+    return int(argv[argv.index("--metrics-port") + 1]) if "--metrics-port" in argv else None
+
+
+def test_the_dashboard_queries_only_metrics_the_code_defines() -> None:
+    queries = dashboard_queries()
+    used = {name for query in queries for name in _METRIC_NAME.findall(query)}
+    assert len(queries) >= 12 and used
+    assert sorted(used - exposed_metric_names()) == []
+    # What the issue asks the dashboard to show.
+    for needed in ("backfill_sessions_total", "backfill_llm_requests_total",
+                   "backfill_llm_request_duration_seconds_bucket", "backfill_llm_tokens_total",
+                   "backfill_llm_cost_usd_total", "backfill_broker_queue_length",
+                   "backfill_job_items"):
+        assert needed in used, needed
+
+
+def test_the_dashboard_takes_max_of_gauges_every_scheduler_reports() -> None:
+    for query in dashboard_queries():
+        for spec in metrics.SCRAPED_GAUGES:
+            if spec.name in _METRIC_NAME.findall(query):
+                assert re.search(rf"max(?: by \([a-z_, ]+\))? ?\({spec.name}\)", query), query
+
+
+def test_the_autoscaling_docs_name_real_metrics() -> None:
+    hpa = (HPA_COMPONENT / "worker-hpa.yaml").read_text(encoding="utf-8")
+    named = set(_METRIC_NAME.findall(hpa))
+    adapter_alias = {"backfill_queue_length"}  # prometheus-adapter's name for the series
+    assert "backfill_broker_queue_length" in named
+    assert sorted(named - adapter_alias - exposed_metric_names()) == []
+
+
+def test_compose_prometheus_scrapes_the_ports_the_components_serve() -> None:
+    services = compose()["services"]
+    assert services["prometheus"]["profiles"] == ["metrics"]
+    jobs = {job["job_name"]: job for job in yaml.safe_load(PROMETHEUS.read_text())[
+        "scrape_configs"]}
+    served = {
+        "backfill-api": int(services["api"]["command"][services["api"]["command"].index(
+            "--port") + 1]),
+        "backfill-scheduler": metric_port(services["scheduler"]["command"]),
+        "backfill-worker": metric_port(services["worker"]["command"]),
+    }
+    assert set(jobs) == set(served)
+    for name, port in served.items():
+        (target,) = jobs[name]["dns_sd_configs"]
+        assert target["port"] == port, name
+        assert target["names"] == [name.removeprefix("backfill-")], name
+    assert jobs["backfill-api"]["metrics_path"] == "/metrics"
+
+
+def test_the_service_monitor_reaches_the_ports_the_pods_serve() -> None:
+    objects = manifests(BASE)
+    (monitor,) = [m for m in objects if m["kind"] == "ServiceMonitor"]
+    selected = set(monitor["spec"]["selector"]["matchExpressions"][0]["values"])
+    ports = {endpoint["port"] for endpoint in monitor["spec"]["endpoints"]}
+    pods = workloads(BASE)
+    services = [m for m in objects if m["kind"] == "Service"
+                and component(m) in selected]
+    assert {component(s) for s in services} == selected
+    for service in services:
+        (port,) = [p for p in service["spec"]["ports"] if p["name"] in ports]
+        target = pods[service["spec"]["selector"]["app.kubernetes.io/component"]]
+        container = target["spec"]["template"]["spec"]["containers"][0]
+        declared = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+        assert port["targetPort"] in declared, service["metadata"]["name"]
+        served = metric_port(container["args"])
+        if port["targetPort"] == "metrics":
+            assert declared["metrics"] == served, service["metadata"]["name"]
+
+
+def test_the_operator_free_component_drops_only_the_service_monitor(tmp_path: Path) -> None:
+    overlay = {"resources": [os.path.relpath(BASE, tmp_path)],
+               "components": [os.path.relpath(K8S / "components" / "without-prometheus-operator",
+                                              tmp_path)]}
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(overlay))
+    built = kubectl_kustomize(tmp_path)
+    kinds = [m["kind"] for m in built]
+    assert "ServiceMonitor" not in kinds
+    assert len(built) == len(kubectl_kustomize(BASE)) - 1

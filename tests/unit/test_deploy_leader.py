@@ -3,6 +3,7 @@ Postgres (tests/integration/test_scheduler_failover.py runs the real thing)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -89,11 +90,13 @@ def test_leader_checks_the_lock_before_every_pass() -> None:
 
 
 def test_a_lost_lock_stops_dispatch_until_it_is_won_again(
-        capsys: pytest.CaptureFixture[str]) -> None:
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="backfill.scheduler.leader")
     lock, ticks = run_loop([True, False, False, True, True])
     assert lock.calls[:4] == ["try_acquire", "still_held", "try_acquire", "try_acquire"]
     assert ticks == [1, 4, 5]
-    lines = capsys.readouterr().err.splitlines()
+    lines = [record.getMessage() for record in caplog.records
+             if record.name == "backfill.scheduler.leader"]
     assert [line.split(" (")[0].split(";")[0] for line in lines] == [
         "scheduler is the leader", "scheduler lost the leader lock",
         "scheduler is the leader", "scheduler stopped"]

@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from scheduler.webhooks.events import EVENT_TYPES, event_body, event_type_for
-from shared.vocabulary import JOB_STATES
+from scheduler.webhooks.events import event_body
+from shared.state.events import event_type_for
+from shared.vocabulary import JOB_STATES, WEBHOOK_EVENT_TYPES
 
 CREATED = datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC)
 JOB = {"id": "job_1", "workspace_id": "ws_1", "state": "completed",
@@ -16,7 +17,7 @@ JOB = {"id": "job_1", "workspace_id": "ws_1", "state": "completed",
 
 
 def test_the_vocabulary_is_designs() -> None:
-    assert EVENT_TYPES == ("backfill.completed", "backfill.paused", "backfill.cancelled")
+    assert WEBHOOK_EVENT_TYPES == ("backfill.completed", "backfill.paused", "backfill.cancelled")
 
 
 @pytest.mark.parametrize(("state", "event"), [("completed", "backfill.completed"),

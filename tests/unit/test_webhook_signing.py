@@ -9,7 +9,8 @@ import re
 import pytest
 
 from scheduler.webhooks import signing
-from scheduler.webhooks.signing import new_event_id, new_secret, signature_header, verify
+from scheduler.webhooks.signing import new_secret, signature_header, verify
+from shared.state.events import new_event_id
 
 SECRET = "whsec_test"
 BODY = b'{"a":1}'

@@ -22,8 +22,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from scheduler.webhooks.secretbox import MALFORMED_KEY_MESSAGE, parse_secret_keys
-from shared.errors import EnvironmentProblem
+from scheduler.webhooks.secretbox import MalformedSecretKey, parse_secret_keys
 from shared.settings import Settings
 
 SESSION_COOKIE: Final = "backfill_console"
@@ -35,19 +34,11 @@ SIGN_IN_TTL_S: Final = 3600
 
 NO_SECRET_KEY_MESSAGE: Final = (
     "console sign-in needs BACKFILL_SECRET_KEY, the deployment's secret that signs console "
-    "sessions: make one with `python -c \"from cryptography.fernet import Fernet; "
-    "print(Fernet.generate_key().decode())\"` and set it for every API replica")
+    "sessions: make one with `backfill secret-key` and set it for every API replica")
 
 _PURPOSE_SESSION: Final = "session"
 _PURPOSE_SIGN_IN: Final = "sign-in"
 _HKDF_INFO: Final = b"backfill operator console cookies v1"
-
-
-class SecretKeyMalformed(EnvironmentProblem):
-    """BACKFILL_SECRET_KEY is set but is not a Fernet key: the API refuses to start."""
-
-    def __init__(self) -> None:
-        super().__init__(MALFORMED_KEY_MESSAGE)
 
 
 @dataclass(frozen=True)
@@ -127,7 +118,7 @@ class Sealer:
 
 def sealer_from_settings(settings: Settings) -> Sealer | None:
     """The sealer of the deployment's secret; None when none is set (sign-in is refused with
-    NO_SECRET_KEY_MESSAGE). A malformed secret raises SecretKeyMalformed: it must stop the
+    NO_SECRET_KEY_MESSAGE). A malformed secret raises MalformedSecretKey: it must stop the
     process at start, not at the first sign-in."""
     value = settings.secret_key.get_secret_value() if settings.secret_key else ""
     if not value.strip():
@@ -135,4 +126,4 @@ def sealer_from_settings(settings: Settings) -> Sealer | None:
     try:
         return Sealer(parse_secret_keys(value))
     except ValueError:
-        raise SecretKeyMalformed() from None
+        raise MalformedSecretKey() from None
