@@ -100,11 +100,20 @@ def _sampled(rate: float) -> ColumnElement[bool]:
     is an exact integer computed here: comparing bigints keeps the sample about as cheap as a
     plain scan (numeric division would cost several times more on a million rows).
     """
-    threshold = math.ceil(Fraction(rate) * _HASH_SPACE)
-    bucket = func.hashtextextended(SessionRecord.session_id, literal(0, BigInteger)).op("&")(
+    return session_bucket() < literal(hash_threshold(rate), BigInteger)
+
+
+def session_bucket() -> ColumnElement[int]:
+    """The session id's place in the hash space [0, 2^63): what `sample_rate` compares, and
+    what estimates sample by."""
+    return func.hashtextextended(SessionRecord.session_id, literal(0, BigInteger)).op("&")(
         literal(_HASH_MASK, BigInteger)
     )
-    return bucket < literal(threshold, BigInteger)
+
+
+def hash_threshold(share: float) -> int:
+    """The bucket below which `share` of the hash space lies."""
+    return math.ceil(Fraction(share) * _HASH_SPACE)
 
 
 # The part of a session's transfers that the configuration depends on: the destination and
