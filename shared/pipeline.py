@@ -1,7 +1,7 @@
 """The one analysis pipeline, shared by the live task and the batch cycle.
 
     load-or-skip → resolve the configuration → build the request → (the request travels)
-    → interpret the answer → record the outcome
+    → interpret the answer → record the outcome (and what the answer was billed)
 
 Live (`worker.service`) and batch (`scheduler.run.batches`) differ only in how the request
 travels — one Messages call per session, or a Message Batch polled later — so a batch-mode job
@@ -20,11 +20,17 @@ from sqlalchemy import Connection, text
 
 from shared import analysis, llm, retry
 from shared.errors import AnalysisError
-from shared.pricing import Tokens
+from shared.pricing import Tokens, cost_usd
 from shared.settings import Settings
-from shared.state import items, jobs, runs
+from shared.state import budget, items, jobs, runs
 from shared.state.items import Claim
-from shared.vocabulary import SKIP_DELETED, SKIP_NO_TRANSCRIPT, SKIP_NOT_CONNECTED, Outcome
+from shared.vocabulary import (
+    SKIP_DELETED,
+    SKIP_NO_TRANSCRIPT,
+    SKIP_NOT_CONNECTED,
+    Mode,
+    Outcome,
+)
 
 log = logging.getLogger("backfill.pipeline")
 
@@ -181,6 +187,16 @@ def interpret(config: analysis.EffectiveConfig, message: Mapping[str, Any]) -> A
     AnalysisError it means (refusal, cut off, not fitting the schema)."""
     result = analysis.parse_answer(config, llm.answer_text(message))
     return Answer(result, llm.answer_tokens(message))
+
+
+def record_charge(tx: Connection, settings: Settings, claim: Claim,
+                  message: Mapping[str, Any], mode: Mode) -> None:
+    """In the outcome's transaction, whatever the outcome: what the provider billed for this
+    answer (its usage priced by the table, the batch discount included) goes to the job's
+    spend. Every answer the provider sent was billed, also one that does not fit the schema
+    and one whose claim was superseded meanwhile."""
+    model = str(message.get("model") or settings.default_model)
+    budget.charge(tx, claim, cost_usd(settings, model, llm.answer_tokens(message), mode))
 
 
 def record_success(tx: Connection, resolved: Resolved, answer: Answer,

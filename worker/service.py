@@ -20,8 +20,9 @@ from shared import errors, pipeline
 from shared.pipeline import Prepared
 from shared.state import items
 from shared.state.items import Claim
-from shared.vocabulary import Outcome
+from shared.vocabulary import LIVE, Outcome
 from worker.context import WorkerContext
+from worker.llm import Reply
 
 log = logging.getLogger("backfill.worker")
 
@@ -61,14 +62,18 @@ def claim_and_prepare(ctx: WorkerContext, job_id: str, session_id: str) -> Prepa
 def run_and_record(ctx: WorkerContext, prepared: Prepared) -> Outcome:
     """The LLM call and its outcome, for a claim this process holds."""
     claim = prepared.resolved.claim
+    reply: Reply | None = None
     try:
-        return _call_and_write(ctx, prepared)
+        reply = ctx.caller.complete(prepared.request)
+        return _interpret_and_write(ctx, prepared, reply)
     except errors.AnalysisError as exc:
         failure = exc
     except DB_UNAVAILABLE as exc:
         failure = errors.DatabaseUnavailable(f"database unavailable: {_db_error_name(exc)}")
     try:
         with ctx.db.transaction() as tx:
+            if reply is not None:  # an answer came (and was billed) but could not be used
+                pipeline.record_charge(tx, ctx.settings, claim, reply.message, LIVE)
             return pipeline.record_failure(tx, ctx.settings, claim, failure)
     except DB_UNAVAILABLE as exc:
         # The failure cannot be written either. Leaving `_holding` stops the heartbeat, so the
@@ -77,11 +82,12 @@ def run_and_record(ctx: WorkerContext, prepared: Prepared) -> Outcome:
         return "abandoned"
 
 
-def _call_and_write(ctx: WorkerContext, prepared: Prepared) -> Outcome:
-    """The LLM call, outside any transaction; then the result in a second short one."""
-    reply = ctx.caller.complete(prepared.request)
+def _interpret_and_write(ctx: WorkerContext, prepared: Prepared, reply: Reply) -> Outcome:
+    """The answer of the LLM call (made outside any transaction), written in a second short
+    transaction with what it was billed."""
     answer = pipeline.interpret(prepared.resolved.config, reply.message)
     with ctx.db.transaction() as tx:
+        pipeline.record_charge(tx, ctx.settings, prepared.resolved.claim, reply.message, LIVE)
         return pipeline.record_success(tx, prepared.resolved, answer, reply.latency_ms)
 
 
