@@ -73,6 +73,9 @@ OPTIONS_SCHEMA: dict[str, Any] = {
         "sample_rate": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1},
         "limit": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_LIMIT},
         "skip_current": {"type": ["boolean", "null"]},
+        "max_cost_usd": {"type": ["number", "null"], "exclusiveMinimum": 0,
+                         "description": "Budget cap in USD: the job pauses before it would "
+                                        "spend more (at least one session's estimated cost)."},
     },
 }
 
@@ -107,6 +110,14 @@ class CreateRequest(PreviewRequest):
 
 class ReasonRequest(_Request):
     reason: Reason | None = None
+
+
+class ResumeRequest(ReasonRequest):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"max_cost_usd": 25.0, "reason": "approved a larger budget"}]})
+
+    max_cost_usd: Annotated[float, Field(gt=0, allow_inf_nan=False, description=(
+        "A new budget cap in USD (a job paused at its cap resumes only with one)."))] | None = None
 
 
 class RequeueRequest(ReasonRequest):
@@ -148,6 +159,11 @@ class AuditEvent(_Response):
     details: dict[str, Any]
 
 
+class Spend(_Response):
+    spent_usd: float = Field(description="What the job's calls cost so far.")
+    reserved_usd: float = Field(description="What its sessions in flight hold against the cap.")
+
+
 class Job(_Response):
     id: str
     workspace_id: str
@@ -161,6 +177,10 @@ class Job(_Response):
     created_at: str
     finished_at: str | None
     audit: list[AuditEvent]
+    max_cost_usd: float | None = Field(None, description="The budget cap in USD (null: none).")
+    pause_reason: str | None = Field(None, description="`budget_exhausted` while paused at the "
+                                                       "cap.")
+    spend: Spend | None = None
 
 
 class JobPage(_Response):
