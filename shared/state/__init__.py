@@ -12,5 +12,7 @@ a claim whose lease was taken over, or two schedulers overlapping change nothing
 - `jobs`: a job's life — create, record its expansion, pause, resume, cancel, reopen,
   complete — and the one place that says which jobs are batch-mode;
 - `runs`: the success write (the item, its `analysis_runs` row and the session's analysis);
-- `batches`: the Message Batches a batch-mode job submitted.
+- `batches`: the Message Batches a batch-mode job submitted;
+- `budget`: a job's cap, spend and reservations — reserve within the cap, charge an item,
+  settle into the job, pause at the cap.
 """

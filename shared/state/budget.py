@@ -161,14 +161,16 @@ def spend_of(tx: Connection, job_ids: Sequence[str]) -> dict[str, Budget]:
 # --------------------------------------------------------------------------- reserve
 
 # The reservation of an item: the job's per-session estimate for its transcript, plus the
-# margin. A deleted session has no transcript: its base only (it ends skipped at once).
+# margin. A deleted session has no transcript: its base only (it ends skipped at once). An
+# item back in pending whose last reservation is not settled yet waits for the settling, so
+# that reservation is never overwritten (and lost to the job's reserved_usd).
 _CANDIDATES = text("""
     SELECT i.session_id,
            (CAST(:base AS numeric) + CAST(:per_char AS numeric)
               * coalesce(length(CAST(s.transcript AS text)), 0)) * CAST(:factor AS numeric)
              AS estimate
       FROM backfill_items AS i LEFT JOIN sessions AS s ON s.session_id = i.session_id
-     WHERE i.job_id = :job_id AND i.state = 'pending'
+     WHERE i.job_id = :job_id AND i.state = 'pending' AND i.reserved_usd IS NULL
        AND (i.not_before IS NULL OR i.not_before <= clock_timestamp())
      ORDER BY i.session_id
      LIMIT :limit
@@ -182,6 +184,7 @@ _QUEUE_RESERVED = text("""
       FROM unnest(CAST(:session_ids AS text[]), CAST(:amounts AS numeric[]))
            AS r(session_id, amount)
      WHERE i.job_id = :job_id AND i.session_id = r.session_id AND i.state = 'pending'
+       AND i.reserved_usd IS NULL
  RETURNING i.session_id, i.reserved_usd
 """)
 
@@ -193,6 +196,7 @@ _CLAIM_RESERVED = text("""
       FROM unnest(CAST(:session_ids AS text[]), CAST(:amounts AS numeric[]))
            AS r(session_id, amount)
      WHERE i.job_id = :job_id AND i.session_id = r.session_id AND i.state = 'pending'
+       AND i.reserved_usd IS NULL
  RETURNING i.session_id, i.attempts, i.started_at, i.reserved_usd
 """)
 
@@ -232,16 +236,15 @@ def _fit(tx: Connection, job_id: str, budget: Budget, limit: int, margin: float)
     return _Fit(chosen, amounts, exhausted, blocked)
 
 
-def _locked_budget(tx: Connection, job_id: str) -> Budget | None:
-    """The running job's budget, its row locked for this transaction; None when the job is
-    not running or has no cap (nothing to reserve against)."""
+def _locked_if_running(tx: Connection, job_id: str) -> Budget | None:
+    """The running job's budget, its row locked for this transaction (so reservations of two
+    schedulers never pass the cap together); None when the job is not running any more."""
     row = tx.execute(_LOCK_RUNNING, {"id": job_id}).one_or_none()
-    if row is None:
-        return None
-    budget = _budget(row)
-    if budget.max_cost_usd is None or budget.estimate is None:
-        return None
-    return budget
+    return None if row is None else _budget(row)
+
+
+def _capped(budget: Budget) -> bool:
+    return budget.max_cost_usd is not None and budget.estimate is not None
 
 
 def _record_reserved(tx: Connection, job_id: str, amounts: Sequence[Decimal]) -> None:
@@ -252,8 +255,10 @@ def _record_reserved(tx: Connection, job_id: str, amounts: Sequence[Decimal]) ->
 def queue_within_budget(tx: Connection, job_id: str, limit: int, margin: float) -> Reserved:
     """Up to `limit` due pending items → queued, as many as the cap has room for, each
     holding its estimate; an uncapped job's items are queued as `items.queue_pending` does."""
-    budget = _locked_budget(tx, job_id)
+    budget = _locked_if_running(tx, job_id)
     if budget is None:
+        return Reserved([])
+    if not _capped(budget):
         return Reserved(items.queue_pending(tx, job_id, limit))
     fit = _fit(tx, job_id, budget, limit, margin)
     if not fit.session_ids:
@@ -268,8 +273,10 @@ def claim_within_budget(tx: Connection, job_id: str, limit: int, lease_s: float,
                         margin: float) -> tuple[list[Claim], Reserved]:
     """Batch mode: up to `limit` due pending items → running (attempt + 1, a lease) for the
     next batch, as many as the cap has room for, each holding its estimate."""
-    budget = _locked_budget(tx, job_id)
+    budget = _locked_if_running(tx, job_id)
     if budget is None:
+        return [], Reserved([])
+    if not _capped(budget):
         return items.claim_for_batch(tx, job_id, limit, lease_s), Reserved([])
     fit = _fit(tx, job_id, budget, limit, margin)
     if not fit.session_ids:
