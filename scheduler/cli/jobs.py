@@ -110,9 +110,10 @@ def parse_cost_flag(value: str | None) -> float | None:
     if value is None:
         return None
     try:
-        number: object = float(value)
+        number = float(value)
     except ValueError:
-        number = value
+        raise InvalidInput(f"--max-cost-usd: must be a number of USD greater than 0, "
+                           f"got {value[:40]!r}") from None
     return parse_max_cost_usd(number, "--max-cost-usd")
 
 
