@@ -34,10 +34,11 @@ chaos: $(STAMP) ## Faults on real processes (kill, flush, restart, LLM errors): 
 	$(PY) -m chaos
 
 BENCH ?= all
-bench: $(STAMP) ## CLI start-up, filter figures on 1M sessions, pipeline figures (a)-(e); BENCH=cli|filters|pipeline for one (~15 min)
+bench: $(STAMP) ## CLI start-up, filter figures on 1M sessions, pipeline figures (a)-(e), spend figures; BENCH=cli|filters|pipeline|spend for one (~20 min)
 	@if [ "$(BENCH)" = all ] || [ "$(BENCH)" = cli ]; then $(PY) -m bench.cli_bench; fi
 	@if [ "$(BENCH)" = all ] || [ "$(BENCH)" = filters ]; then $(PY) -m bench.filters_bench; fi
 	@if [ "$(BENCH)" = all ] || [ "$(BENCH)" = pipeline ]; then $(PY) -m bench.pipeline_bench; fi
+	@if [ "$(BENCH)" = all ] || [ "$(BENCH)" = spend ]; then $(PY) -m bench.spend_bench; fi
 
 clean: ## Stop embedded servers and remove .run/
 	-$(PY) -c "from pathlib import Path; from scheduler.dev.embedded import stop_embedded; stop_embedded(Path('.run'))"
