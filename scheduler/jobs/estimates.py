@@ -6,8 +6,8 @@ transfer signature shares one configuration, resolved as the worker would resolv
 groups with the same configuration are estimated together. For each configuration:
 
 - **input**: the provider's counter on a sample of its sessions (`token_counts`), scaled to
-  all of them by their transcripts' length; every block of the request counts, the output
-  schema too;
+  all of them by their transcripts' length (read from a larger sample, so no preview reads
+  every transcript); every block of the request counts, the output schema too;
 - **cache**: the static prefix is a cache write once and cache reads after, only when it
   reaches the model's minimum (`BACKFILL_CACHE_MIN_TOKENS`); below it, plain input;
 - **output**: the mean of the configuration's recorded runs, else
@@ -64,7 +64,6 @@ class _Group:
     signature: str
     sessions: int
     analysed: int
-    transcript_chars: int
 
 
 @dataclass
@@ -78,10 +77,6 @@ class _Configuration:
     @property
     def analysed(self) -> int:
         return sum(group.analysed for group in self.groups)
-
-    @property
-    def chars(self) -> int:
-        return sum(group.transcript_chars for group in self.groups)
 
 
 @dataclass(frozen=True)
@@ -176,32 +171,34 @@ def _estimate(db: Database, settings: Settings, workspace_id: str, kind: str,
         groups = _estimate_groups(tx, selected)
         configurations = _configurations(tx, settings, workspace_id, kind, groups)
         history = _output_history(tx, [c.config_hash for c in configurations])
-        members, samples = _plan(settings, configurations)
-        sampled = token_counts.sample_sessions(tx, selected, members, samples)
+        members, takes = _plan(settings, configurations)
+        samples = token_counts.sample_sessions(tx, selected, members, takes)
     matched = sum(group.sessions for group in groups)
     mode = resolve_mode(requested, matched, settings.batch_auto_threshold)
-    models, failure = _input_models(settings, configurations, sampled)
-    priced = [_price(settings, c, m, history.get(c.config_hash), mode)
-              for c, m in zip(configurations, models, strict=True)]
+    counted = [session for index in sorted(samples) for session in samples[index].counted]
+    models, failure = _input_models(settings, configurations, counted)
+    chars = [samples.get(i, token_counts.ConfigSample()).chars(c.analysed)
+             for i, c in enumerate(configurations)]
+    priced = [_price(settings, c, n, m, history.get(c.config_hash), mode)
+              for c, n, m in zip(configurations, chars, models, strict=True)]
     return Estimate(matched=matched, mode=mode,
                     document=_document(priced, mode, failure),
                     session=_largest_session(priced), mean_session_usd=_mean_usd(priced))
 
 
 def _estimate_groups(tx: Connection, selected: Subquery) -> list[_Group]:
+    """Sessions per agent and transfer signature (counts only: the transcripts' lengths come
+    from the sample, so no transcript is read here)."""
     signature = literal_column(ANY_TRANSFER_SIGNATURE, Text)
-    will_run = token_counts.will_run()
     found = tx.execute(
         select(SessionRecord.agent_id, signature.label("signature"),
                func.count().label("sessions"),
-               func.count().filter(will_run).label("analysed"),
-               func.coalesce(func.sum(token_counts.transcript_chars()).filter(will_run), 0)
-               .label("chars"))
+               func.count().filter(token_counts.will_run()).label("analysed"))
         .join(selected, selected.c.session_id == SessionRecord.session_id)
         .group_by(SessionRecord.agent_id, signature)
     ).all()
     return [_Group(str(row.agent_id), str(row.signature), int(row.sessions),
-                   int(row.analysed), int(row.chars)) for row in found]
+                   int(row.analysed)) for row in found]
 
 
 def _configurations(tx: Connection, settings: Settings, workspace_id: str, kind: str,
@@ -292,13 +289,14 @@ def _tokens(model: InputModel, sessions: int, chars: int, output: float,
                   cache_read=round(model.prefix * (sessions - 1)))
 
 
-def _price(settings: Settings, configuration: _Configuration, model: InputModel,
+def _price(settings: Settings, configuration: _Configuration, chars: int, model: InputModel,
            mean_output: float | None, mode: Mode) -> _Priced:
+    """One configuration's estimate: `chars` characters of transcripts over its sessions."""
     config, sessions = configuration.config, configuration.analysed
     output = settings.estimate_output_tokens if mean_output is None else mean_output
     cached = (settings.prompt_caching
               and model.prefix >= min_cacheable_tokens(settings, config.model))
-    tokens = _tokens(model, sessions, configuration.chars, output, cached)
+    tokens = _tokens(model, sessions, chars, output, cached)
     usd = cost_usd(settings, config.model, tokens, mode)
     # Per session: everything but the transcript, then the transcript per character.
     fixed_usd = cost_usd(settings, config.model, _tokens(model, sessions, 0, output, cached),

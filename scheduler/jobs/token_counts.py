@@ -35,6 +35,7 @@ from sqlalchemy import (
     Text,
     and_,
     bindparam,
+    case,
     func,
     literal,
     literal_column,
@@ -51,10 +52,13 @@ from shared.settings import Settings
 if TYPE_CHECKING:
     from shared.ratelimit import RateLimiter
 
+# Transcript lengths read per configuration: the mean of this many stands for all of its
+# sessions (reading every transcript would make a preview of a million sessions take minutes).
+LENGTH_SAMPLE = 2000
 # Oversampling of the hash prefilter: a configuration's sample is drawn from about this many
 # times as many sessions as it needs, so the window that ranks them stays small however many
 # sessions match (and a sample is short only by a rare, deterministic bad draw).
-PREFILTER_FACTOR = 8
+PREFILTER_FACTOR = 2
 COUNT_TOKENS_ENDPOINT = "count_tokens"
 
 
@@ -135,57 +139,98 @@ class SampledSession:
     transcript: list[dict[str, Any]]
 
 
+@dataclass
+class ConfigSample:
+    """What the sample holds of one configuration: the transcript lengths of up to
+    LENGTH_SAMPLE of its sessions, and the first of them, with transcripts, to count."""
+
+    lengths: list[int] = field(default_factory=list)
+    counted: list[SampledSession] = field(default_factory=list)
+
+    def chars(self, analysed: int) -> int:
+        """The configuration's transcript characters: exact when the sample holds every
+        session, else the sample's mean for each (the sample is uniform by hash)."""
+        if not self.lengths or len(self.lengths) >= analysed:
+            return sum(self.lengths)
+        return round(sum(self.lengths) / len(self.lengths) * analysed)
+
+
 def will_run() -> ColumnElement[bool]:
     """Sessions the worker analyses (the others end skipped and cost nothing)."""
     return (func.coalesce(SessionRecord.status, "") != "not_connected") & (
         SessionRecord.transcript != literal("[]").cast(SessionRecord.transcript.type))
 
 
-def transcript_chars() -> ColumnElement[int]:
-    """What `per_char` multiplies: the length of the stored transcript's JSON text."""
-    return func.length(SessionRecord.transcript.cast(Text))
-
-
 def _array(name: str, values: list[Any], kind: Any) -> ColumnElement[Any]:
     return bindparam(name, values, type_=ARRAY(kind))
 
 
-def sample_sessions(tx: Connection, selected: Subquery, members: Sequence[Member],
-                    samples: Sequence[int]) -> list[SampledSession]:
-    """The first sessions of each counted configuration by session-id hash."""
-    counted = [m for m in members if samples[m.config] > 0]
-    if not counted:
-        return []
+def _highest_buckets(members: Sequence[Member]) -> list[int]:
+    """Per member, the highest bucket its configuration's sample is drawn below: about
+    PREFILTER_FACTOR × LENGTH_SAMPLE of the configuration's sessions (inclusive, so the
+    whole space fits a bigint)."""
     totals: dict[int, int] = {}
-    for member in counted:
+    for member in members:
         totals[member.config] = totals.get(member.config, 0) + member.analysed
-    # The highest bucket of each prefilter (inclusive, so the whole space fits a bigint).
-    highest = [hash_threshold(min(1.0, PREFILTER_FACTOR * samples[m.config]
-                                  / max(totals[m.config], 1))) - 1 for m in counted]
+    return [hash_threshold(min(1.0, PREFILTER_FACTOR * LENGTH_SAMPLE
+                               / max(totals[m.config], 1))) - 1 for m in members]
+
+
+def sample_sessions(tx: Connection, selected: Subquery, members: Sequence[Member],
+                    takes: Sequence[int]) -> dict[int, ConfigSample]:
+    """The first sessions of each configuration by session-id hash: their transcript
+    lengths (up to LENGTH_SAMPLE), and the first `takes[config]` to count. Reading them is
+    bounded however many sessions match: the hash prefilter leaves a few thousand rows per
+    configuration to rank, and only those are read in full."""
+    if not members:
+        return {}
+    highest = _highest_buckets(members)
+    per_agent: dict[str, int] = {}
+    for member, bucket_limit in zip(members, highest, strict=True):
+        per_agent[member.agent_id] = max(per_agent.get(member.agent_id, -1), bucket_limit)
+    agents = func.unnest(_array("agents", list(per_agent), Text),
+                         _array("agent_highest", list(per_agent.values()), BigInteger)
+                         ).table_valued("agent_id", "highest").render_derived("agents")
     table = func.unnest(
-        _array("agents", [m.agent_id for m in counted], Text),
-        _array("signatures", [m.signature for m in counted], Text),
-        _array("configs", [m.config for m in counted], Integer),
-        _array("takes", [samples[m.config] for m in counted], Integer),
+        _array("member_agents", [m.agent_id for m in members], Text),
+        _array("signatures", [m.signature for m in members], Text),
+        _array("configs", [m.config for m in members], Integer),
+        _array("takes", [takes[m.config] for m in members], Integer),
         _array("highest", highest, BigInteger),
     ).table_valued("agent_id", "signature", "config", "take", "highest").render_derived(
         "members")
     bucket = session_bucket()
-    ranked = (
-        select(table.c.config, table.c.take, SessionRecord.transcript,
-               transcript_chars().label("chars"),
-               func.row_number().over(partition_by=table.c.config,
-                                      order_by=(bucket, SessionRecord.session_id))
-               .label("rank"))
+    # The cheap per-agent prefilter first, so only its rows get a transfer signature.
+    candidates = (
+        select(SessionRecord.session_id, SessionRecord.agent_id, SessionRecord.transcript,
+               literal_column(ANY_TRANSFER_SIGNATURE, Text).label("signature"),
+               bucket.label("bucket"))
         .join(selected, selected.c.session_id == SessionRecord.session_id)
-        .join(table, and_(table.c.agent_id == SessionRecord.agent_id,
-                          table.c.signature == literal_column(ANY_TRANSFER_SIGNATURE, Text)))
-        .where(will_run(), bucket <= table.c.highest)
+        .join(agents, agents.c.agent_id == SessionRecord.agent_id)
+        .where(will_run(), bucket <= agents.c.highest)
+    ).subquery("candidates")
+    ranked = (
+        select(table.c.config, table.c.take, candidates.c.transcript,
+               func.length(candidates.c.transcript.cast(Text)).label("chars"),
+               func.row_number().over(partition_by=table.c.config,
+                                      order_by=(candidates.c.bucket, candidates.c.session_id))
+               .label("rank"))
+        .join(table, and_(table.c.agent_id == candidates.c.agent_id,
+                          table.c.signature == candidates.c.signature))
+        .where(candidates.c.bucket <= table.c.highest)
     ).subquery("ranked")
-    rows = tx.execute(select(ranked.c.config, ranked.c.chars, ranked.c.transcript)
-                      .where(ranked.c.rank <= ranked.c.take))
-    return [SampledSession(int(row.config), int(row.chars), list(row.transcript or []))
-            for row in rows]
+    rows = tx.execute(
+        select(ranked.c.config, ranked.c.chars,
+               case((ranked.c.rank <= ranked.c.take, ranked.c.transcript)).label("transcript"))
+        .where(ranked.c.rank <= LENGTH_SAMPLE))
+    samples: dict[int, ConfigSample] = {}
+    for row in rows:
+        sample = samples.setdefault(int(row.config), ConfigSample())
+        sample.lengths.append(int(row.chars))
+        if row.transcript is not None:
+            sample.counted.append(SampledSession(int(row.config), int(row.chars),
+                                                 list(row.transcript)))
+    return samples
 
 
 # --------------------------------------------------------------------------- the counter

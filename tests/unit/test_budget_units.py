@@ -77,14 +77,16 @@ def configuration(model: str, description_words: int) -> estimates._Configuratio
                "description": " ".join(["detail"] * description_words)} for n in range(6)]
     config = resolve_config("call", "agent", [], {"agent": [AgentVersionInfo(
         "agent", 0, False, "voice", model, fields)]}, "claude-haiku-4-5")
-    group = estimates._Group("agent", "[]", sessions=100, analysed=100,
-                             transcript_chars=200_000)
+    group = estimates._Group("agent", "[]", sessions=100, analysed=100)
     return estimates._Configuration(config, "hash", [group])
+
+
+CHARS = 200_000
 
 
 def test_below_the_models_cache_minimum_nothing_is_cached() -> None:
     model = InputModel(fixed=3000, prefix=2500, per_char=0.3, counted=True)
-    priced = estimates._price(SETTINGS, configuration("claude-haiku-4-5", 5), model, None,
+    priced = estimates._price(SETTINGS, configuration("claude-haiku-4-5", 5), CHARS, model, None,
                               "live")
     assert priced.tokens.cache_write == priced.tokens.cache_read == 0
     assert priced.tokens.input == round(3000 * 100 + 0.3 * 200_000)
@@ -93,7 +95,7 @@ def test_below_the_models_cache_minimum_nothing_is_cached() -> None:
 
 def test_above_it_one_write_then_reads() -> None:
     model = InputModel(fixed=3000, prefix=2500, per_char=0.3, counted=True)
-    priced = estimates._price(SETTINGS, configuration("claude-sonnet-4-5", 5), model, 180.0,
+    priced = estimates._price(SETTINGS, configuration("claude-sonnet-4-5", 5), CHARS, model, 180.0,
                               "live")
     assert priced.tokens == Tokens(input=round(500 * 100 + 0.3 * 200_000), output=18_000,
                                    cache_write=2500, cache_read=2500 * 99)
@@ -103,7 +105,7 @@ def test_above_it_one_write_then_reads() -> None:
 def test_caching_switched_off_assumes_none() -> None:
     model = InputModel(fixed=3000, prefix=2500, per_char=0.3, counted=True)
     settings = Settings(BACKFILL_PROMPT_CACHING=False)
-    priced = estimates._price(settings, configuration("claude-sonnet-4-5", 5), model, None,
+    priced = estimates._price(settings, configuration("claude-sonnet-4-5", 5), CHARS, model, None,
                               "live")
     assert priced.tokens.cache_read == 0
 
@@ -113,7 +115,7 @@ def test_the_per_session_estimate_adds_up_to_the_estimate() -> None:
     reservations of a job hold together is what preview said it costs."""
     model = InputModel(fixed=3000, prefix=2500, per_char=0.3, counted=True)
     for model_id, mode in (("claude-sonnet-4-5", "live"), ("claude-haiku-4-5", "batch")):
-        priced = estimates._price(SETTINGS, configuration(model_id, 5), model, 250.0, mode)
+        priced = estimates._price(SETTINGS, configuration(model_id, 5), CHARS, model, 250.0, mode)
         held = (float(priced.session.base_usd) * 100
                 + float(priced.session.usd_per_char) * 200_000)
         assert math.isclose(held, priced.usd, rel_tol=1e-6)
@@ -123,7 +125,7 @@ def test_the_local_estimate_is_uncounted_and_the_basis_default() -> None:
     config = configuration("claude-haiku-4-5", 5)
     local = token_counts.local_model(config.config, 2048)
     assert not local.counted and local.per_char == 0.25 and 0 < local.prefix < local.fixed
-    assert estimates._price(SETTINGS, config, local, 200.0, "live").basis == "default"
+    assert estimates._price(SETTINGS, config, CHARS, local, 200.0, "live").basis == "default"
 
 
 def test_uncounted_configurations_are_scaled_by_what_the_counted_ones_showed() -> None:
@@ -257,3 +259,10 @@ def test_a_refused_setting_never_shows_its_value(monkeypatch: pytest.MonkeyPatch
 def test_prices_of_a_dated_model_are_its_familys() -> None:
     dated = cost_usd(SETTINGS, "claude-sonnet-4-5-20250929", Tokens(input=1_000_000))
     assert dated == cost_usd(SETTINGS, "claude-sonnet-4-5", Tokens(input=1_000_000)) == 3.0
+
+
+def test_transcript_characters_from_the_sample() -> None:
+    sample = token_counts.ConfigSample(lengths=[100, 300])
+    assert sample.chars(analysed=2) == 400  # the whole configuration: exact
+    assert sample.chars(analysed=1000) == 200_000  # a sample: its mean for each session
+    assert token_counts.ConfigSample().chars(analysed=50) == 0
