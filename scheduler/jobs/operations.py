@@ -128,6 +128,12 @@ def pause(db: Database, job_id: str, *, actor: str, reason: str | None = None,
     return "paused"
 
 
+_STATE_AND_OPTIONS = text("""
+    SELECT state, options FROM backfill_jobs
+     WHERE id = :id AND (CAST(:ws AS text) IS NULL OR workspace_id = CAST(:ws AS text))
+""")
+
+
 def resume(db: Database, job_id: str, *, actor: str, reason: str | None = None,
            workspace_id: str | None = None, settings: Settings | None = None,
            max_cost_usd: object = None) -> str:
@@ -166,15 +172,13 @@ def _estimate_for_new_cap(db: Database, settings: Settings | None, job_id: str,
     if cap is None:
         return None
     with db.transaction() as tx:
-        job = jobs.lock(tx, job_id, workspace_id)
-        spend = budget.spend_of(tx, [job_id])[job_id]
-        options = tx.execute(_OPTIONS, {"id": job_id}).scalar_one()
+        job = tx.execute(_STATE_AND_OPTIONS, {"id": job_id, "ws": workspace_id}).one_or_none()
+        spend = budget.spend_of(tx, [job_id]).get(job_id)
+    if job is None or spend is None:
+        raise NotFound(f"no backfill job {job_id!r}")
     if spend.estimate is not None or settings is None or job.state != "paused":
         return None
-    return estimates.open_items_estimate(db, settings, job_id, jobs.mode_of(options)).session
-
-
-_OPTIONS = text("SELECT options FROM backfill_jobs WHERE id = :id")
+    return estimates.open_items_estimate(db, settings, job_id, jobs.mode_of(job.options)).session
 
 
 def _require_one_session(cap: float | Decimal, needed: Decimal, name: str, *,
@@ -183,11 +187,16 @@ def _require_one_session(cap: float | Decimal, needed: Decimal, name: str, *,
     if Decimal(str(cap)) >= needed:
         return
     if spent is None:
-        raise InvalidInput(f"{name}: ${cap:,.6f} is below the estimated cost of one session "
-                           f"(${needed:,.6f})")
-    raise InvalidInput(f"{name}: ${cap:,.6f} leaves no room for another session: the job has "
-                       f"spent ${spent:,.6f} and needs about ${needed - spent:,.6f} more for "
+        raise InvalidInput(f"{name}: {_usd(cap)} is below the estimated cost of one session "
+                           f"({_usd(needed)})")
+    raise InvalidInput(f"{name}: {_usd(cap)} leaves no room for another session: the job has "
+                       f"spent {_usd(spent)} and needs about {_usd(needed - spent)} more for "
                        f"the next one")
+
+
+def _usd(amount: float | Decimal) -> str:
+    """Six significant digits: a cap of a fraction of a cent still reads as what it is."""
+    return f"${float(amount):,.6g}"
 
 
 def _float(amount: Decimal | None) -> float | None:

@@ -102,7 +102,6 @@ class Dispatcher:
         with self.db.transaction() as tx:
             return jobs.complete_finished(tx)
 
-
     def _running_live_jobs(self) -> list[str]:
         with self.db.transaction() as tx:
             return jobs.running_jobs(tx, LIVE)

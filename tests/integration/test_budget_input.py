@@ -36,6 +36,12 @@ def tenant(db: Database) -> Tenant:
     return make_tenant(db, "budget", calls=4, chats=1)
 
 
+@pytest.fixture(scope="module")
+def refused(db: Database) -> Tenant:
+    """A workspace where every request is refused: nothing in it ever runs or changes."""
+    return make_tenant(db, "budgetno", calls=2, chats=1)
+
+
 def create(client: TestClient, tenant: Tenant, cap: Any) -> Any:
     return client.post("/v1/backfills", headers=tenant.headers, json={
         "kind": "call", "filters": [], "options": {"max_cost_usd": cap}})
@@ -46,15 +52,15 @@ def create(client: TestClient, tenant: Tenant, cap: Any) -> Any:
     (True, "greater than 0"), (BELOW_ONE_SESSION, "below the estimated cost of one session"),
 ])
 def test_create_refuses_a_bad_cap_naming_the_option(client: TestClient, db: Database,
-                                                    tenant: Tenant, cap: Any,
+                                                    refused: Tenant, cap: Any,
                                                     problem: str) -> None:
-    before = snapshot(db, tenant.workspace_id)
-    response = create(client, tenant, cap)
+    before = snapshot(db, refused.workspace_id)
+    response = create(client, refused, cap)
     assert response.status_code == 422, response.text
     error = response.json()["error"]
     assert error["type"] == "invalid_input"
     assert error["message"].startswith("options.max_cost_usd: ") and problem in error["message"]
-    assert snapshot(db, tenant.workspace_id) == before
+    assert snapshot(db, refused.workspace_id)["jobs"] == before["jobs"] == []
 
 
 def test_preview_validates_the_cap_too(client: TestClient, tenant: Tenant) -> None:
@@ -130,13 +136,12 @@ def assert_refused(result: subprocess.CompletedProcess[str], *needles: str) -> N
     ("nan", ("--max-cost-usd",)), ("-4", ("--max-cost-usd",)),
     (str(BELOW_ONE_SESSION), ("max_cost_usd", "below the estimated cost of one session")),
 ])
-def test_cli_create_refuses_a_bad_cap(settings: Settings, db: Database, tenant: Tenant,
+def test_cli_create_refuses_a_bad_cap(settings: Settings, db: Database, refused: Tenant,
                                       value: str, needles: tuple[str, ...]) -> None:
-    before = snapshot(db, tenant.workspace_id)
-    result = cli(settings, "create", "--workspace", tenant.workspace_id, "--kind", "call",
+    result = cli(settings, "create", "--workspace", refused.workspace_id, "--kind", "call",
                  "--filters", "[]", "--max-cost-usd", value)
     assert_refused(result, *needles)
-    assert snapshot(db, tenant.workspace_id) == before
+    assert snapshot(db, refused.workspace_id)["jobs"] == []
 
 
 def test_cli_resume_refuses_a_bad_cap(settings: Settings, db: Database, tenant: Tenant) -> None:
