@@ -16,6 +16,10 @@ The largest configurations are counted first, and extra samples go where one cal
 the most sessions. A configuration left without calls is the local estimate (characters / 4)
 scaled by what the counted ones showed; when the provider cannot be asked at all, every
 configuration is the local estimate (`counted` is then False).
+
+The same hash order gives each configuration's transcript characters: the lengths of its first
+LENGTH_SAMPLE sessions (all of them when it has fewer), so a preview reads a bounded number of
+transcripts however many sessions match.
 """
 
 from __future__ import annotations
