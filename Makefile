@@ -37,11 +37,12 @@ chaos: $(STAMP) ## Faults on real processes (kill, flush, restart, LLM errors): 
 	$(PY) -m chaos
 
 BENCH ?= all
-bench: $(STAMP) ## CLI start-up, filter figures on 1M sessions, pipeline figures (a)-(e), change report and revert on 1M runs; BENCH=cli|filters|pipeline|report for one (~20 min)
+bench: $(STAMP) ## CLI start-up, filters on 1M sessions, pipeline (a)-(e), change report and revert on 1M runs, spend; BENCH=cli|filters|pipeline|report|spend for one (~30 min)
 	@if [ "$(BENCH)" = all ] || [ "$(BENCH)" = cli ]; then $(PY) -m bench.cli_bench; fi
 	@if [ "$(BENCH)" = all ] || [ "$(BENCH)" = filters ]; then $(PY) -m bench.filters_bench; fi
 	@if [ "$(BENCH)" = all ] || [ "$(BENCH)" = pipeline ]; then $(PY) -m bench.pipeline_bench; fi
 	@if [ "$(BENCH)" = all ] || [ "$(BENCH)" = report ]; then $(PY) -m bench.report_bench; fi
+	@if [ "$(BENCH)" = all ] || [ "$(BENCH)" = spend ]; then $(PY) -m bench.spend_bench; fi
 
 clean: ## Stop embedded servers and remove .run/
 	-$(PY) -c "from pathlib import Path; from scheduler.dev.embedded import stop_embedded; stop_embedded(Path('.run'))"

@@ -64,6 +64,10 @@ class BrokerUnreachable(EnvironmentProblem):
     """The broker cannot be reached."""
 
 
+class SettingsInvalid(EnvironmentProblem):
+    """A setting (an environment variable) has a value the system refuses."""
+
+
 class AnalysisError(BackfillError):
     """The analysis of one session failed; `kind` is the item's error_kind."""
 

@@ -5,11 +5,16 @@ Batches. Both read an answer the same way — its text or the error its stop rea
 the tokens the provider billed — and map SDK errors to the same error kinds, here.
 
 `anthropic` costs about 1.8 s of CPU to import, so it is imported inside the functions that
-call it: a CLI verb that reads the database never pays for it.
+call it: a CLI verb that reads the database never pays for it. For the same reason the
+provider's token counter (`count_tokens`, asked by `backfill preview`) is one small request
+of the standard library, not an SDK call.
 """
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +30,12 @@ STUB_API_KEY = "local-stand-in"
 # A local token estimate, for where the provider's counter is not asked (a rate-limit
 # reservation before a call, an estimate while the provider cannot be reached).
 LOCAL_CHARS_PER_TOKEN = 4
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+API_VERSION = "2023-06-01"
+# The parameters of a Messages request that `count_tokens` takes (it refuses the others,
+# `max_tokens` first among them).
+_COUNTED_PARAMS = ("model", "messages", "system", "tools", "tool_choice", "thinking",
+                   "output_config")
 
 
 def local_token_estimate(chars: int) -> int:
@@ -50,6 +61,40 @@ def make_client(settings: Settings, *, max_retries: int = 0) -> anthropic.Anthro
         max_retries=max_retries,
         timeout=settings.llm_timeout_s,
     )
+
+
+# --------------------------------------------------------------------------- token counts
+
+
+class CountUnavailable(errors.BackfillError):
+    """The provider's token counter could not be asked or did not answer a count."""
+
+
+def count_tokens(settings: Settings, request: Mapping[str, Any], timeout_s: float) -> int:
+    """The input tokens the provider would bill for this Messages request (cached or not):
+    `POST /v1/messages/count_tokens`, within `timeout_s`. Raises CountUnavailable with the
+    reason (never the request, which holds a transcript)."""
+    if settings.llm_mode == "stub" and not settings.anthropic_base_url:
+        raise CountUnavailable("no ANTHROPIC_BASE_URL for the stand-in")
+    body = json.dumps({name: request[name] for name in _COUNTED_PARAMS if name in request},
+                      ensure_ascii=False).encode("utf-8")
+    base_url = (settings.anthropic_base_url or DEFAULT_BASE_URL).rstrip("/")
+    call = urllib.request.Request(
+        f"{base_url}/v1/messages/count_tokens", data=body, method="POST",
+        headers={"x-api-key": api_key(settings), "anthropic-version": API_VERSION,
+                 "content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(call, timeout=timeout_s) as response:
+            answer = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        exc.close()  # its body is the provider's error; only the status is kept
+        raise CountUnavailable(f"the token counter answered {exc.code}") from None
+    except (OSError, ValueError) as exc:  # unreachable, timed out, or not JSON
+        raise CountUnavailable(f"cannot reach the token counter: {type(exc).__name__}") from None
+    tokens = answer.get("input_tokens") if isinstance(answer, dict) else None
+    if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
+        raise CountUnavailable("the token counter's answer holds no count")
+    return tokens
 
 
 # --------------------------------------------------------------------------- the answer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
@@ -15,6 +16,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    Numeric,
     String,
     Text,
     func,
@@ -157,6 +159,18 @@ class BackfillJob(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Safe to apply: the completed trial this job was promoted from (at most one job each).
     promoted_from: Mapped[str | None] = mapped_column(String(40))
+    # Spend control (shared/state/budget.py writes these). USD: the cap (null = none), what
+    # the job's calls cost so far, and what its queued and running sessions hold against the
+    # cap; spent + reserved never passes the cap when a reservation is made.
+    max_cost_usd: Mapped[Decimal | None] = mapped_column(Numeric)
+    spent_usd: Mapped[Decimal] = mapped_column(Numeric, nullable=False, server_default="0")
+    reserved_usd: Mapped[Decimal] = mapped_column(Numeric, nullable=False, server_default="0")
+    # Why the job is paused, as a word (`budget_exhausted`); state_reason says it in full.
+    pause_reason: Mapped[str | None] = mapped_column(String(32))
+    # A session's estimated cost, base + per character of its stored transcript, fixed when
+    # the job got its cap: what each reservation holds.
+    estimate_base_usd: Mapped[Decimal | None] = mapped_column(Numeric)
+    estimate_usd_per_char: Mapped[Decimal | None] = mapped_column(Numeric)
 
     __table_args__ = (
         Index(
@@ -191,6 +205,11 @@ class BackfillItem(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Spend control: what the item holds against its job's cap while queued or running, and
+    # what its calls cost that the job's spent_usd does not hold yet (the scheduler settles
+    # both into the job row; shared/state/budget.py).
+    reserved_usd: Mapped[Decimal | None] = mapped_column(Numeric)
+    unsettled_usd: Mapped[Decimal] = mapped_column(Numeric, nullable=False, server_default="0")
 
     __table_args__ = (
         # Per-state counts and "next pending items" are index-only scans.
@@ -198,6 +217,11 @@ class BackfillItem(Base):
         Index(
             "ix_backfill_items_leases", "lease_expires_at",
             postgresql_where=text("state IN ('queued', 'running')"),
+        ),
+        # Spend control: the few items the scheduler still has to settle.
+        Index(
+            "ix_backfill_items_unsettled", "job_id",
+            postgresql_where=text("reserved_usd IS NOT NULL OR unsettled_usd <> 0"),
         ),
     )
 
@@ -275,6 +299,8 @@ class AnalysisRun(Base):
         # "Was this run reverted already?": a second revert of a job changes nothing.
         Index("ix_analysis_runs_reverted", "reverted_run_id",
               postgresql_where=text("reverted_run_id IS NOT NULL")),
+        # Spend control: estimates read the latest runs of a configuration (output tokens).
+        Index("ix_analysis_runs_config_hash", "config_hash", "created_at"),
     )
 
 

@@ -1,7 +1,7 @@
 """The one analysis pipeline, shared by the live task and the batch cycle.
 
     load-or-skip → resolve the configuration → build the request → (the request travels)
-    → interpret the answer → record the outcome
+    → interpret the answer → record the outcome (and what the answer was billed)
 
 Live (`worker.service`) and batch (`scheduler.run.batches`) differ only in how the request
 travels — one Messages call per session, or a Message Batch polled later — so a batch-mode job
@@ -13,8 +13,9 @@ stay in history; a job promoted from a trial that already analysed this session 
 configuration records the trial's result right there, and no request is sent at all.
 
 Every attempt that ends here is told once, by `_finished`: the `session_finished` log line and
-`backfill_sessions_total`; every answer the provider billed is counted by `interpret`, the
-step both paths share (tokens and cost: `shared.metrics`).
+`backfill_sessions_total`; every answer the provider billed is priced once, by
+`record_charge`, the step both paths share: against the job's budget (`shared.state.budget`)
+and in the token and cost counters (`shared.metrics`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from shared.errors import AnalysisError
 from shared.logs import SESSION_FINISHED
 from shared.pricing import Tokens, cost_usd
 from shared.settings import Settings
-from shared.state import items, jobs, runs, trials
+from shared.state import budget, items, jobs, runs, trials
 from shared.state.items import Claim
 from shared.vocabulary import (
     SKIP_DELETED,
@@ -201,19 +202,29 @@ def prepare(tx: Connection, settings: Settings, claim: Claim) -> Prepared | Outc
 # --------------------------------------------------------------------------- answer, record
 
 
-def interpret(settings: Settings, config: analysis.EffectiveConfig, message: Mapping[str, Any],
-              *, mode: Mode) -> Answer:
+def interpret(config: analysis.EffectiveConfig, message: Mapping[str, Any]) -> Answer:
     """A decoded Messages answer, validated against the configuration's schema; raises the
-    AnalysisError it means (refusal, cut off, not fitting the schema). Its tokens are counted
-    first: an answer that does not fit was billed all the same."""
-    tokens = llm.answer_tokens(message)
-    metrics.count_billed(config.model, tokens, cost_usd(settings, config.model, tokens, mode))
+    AnalysisError it means (refusal, cut off, not fitting the schema). What it was billed is
+    `record_charge`'s, whatever becomes of the answer."""
     result = analysis.parse_answer(config, llm.answer_text(message))
-    return Answer(result, tokens)
+    return Answer(result, llm.answer_tokens(message))
 
 
 def _field_types(config: analysis.EffectiveConfig) -> dict[str, str]:
     return {spec.name: spec.type for spec in config.custom_fields}
+
+
+def record_charge(tx: Connection, settings: Settings, claim: Claim,
+                  message: Mapping[str, Any], mode: Mode) -> None:
+    """In the outcome's transaction, whatever the outcome: what the provider billed for this
+    answer (its usage priced by the table, the batch discount included) goes to the job's
+    spend. Every answer the provider sent was billed, also one that does not fit the schema
+    and one whose claim was superseded meanwhile."""
+    model = str(message.get("model") or settings.default_model)
+    tokens = llm.answer_tokens(message)
+    price = cost_usd(settings, model, tokens, mode)
+    budget.charge(tx, claim, price)
+    metrics.count_billed(model, tokens, price)
 
 
 def record_success(tx: Connection, resolved: Resolved, answer: Answer,

@@ -15,6 +15,16 @@ within a few per cent of it.
 The provider's own view tightens ours: `*-remaining` headers lower a bucket to what is
 left, and a 429's `retry-after` (or `remaining: 0` with its `reset`) blocks every worker
 until then.
+
+Backfills share the API key with the platform's live post-call analysis, so they may use only
+a share `s` of each limit (`BACKFILL_RL_SHARE`): the buckets refill to `s × limit`, and a
+bucket is lowered to what the provider says remains *minus* `(1 - s) × limit`, so when live
+traffic leaves less headroom than that, backfills wait first and never take the last
+`(1 - s) × limit` of a window. Below zero the bucket holds a debt: the further the window is
+into the reserved part, the longer backfills wait.
+
+Other endpoints with limits of their own (`count_tokens`) get buckets of their own: the same
+key with the endpoint as a suffix.
 """
 
 from __future__ import annotations
@@ -81,14 +91,15 @@ end
 return 0
 """
 
-# The provider's view: lower each bucket to what the provider says remains (-1 = not said),
-# and block everyone until ARGV[4] ms from now (0 = no block; a longer block is kept).
+# The provider's view: lower each bucket to the headroom the provider leaves us ('' = not
+# said; below 0 is a debt), and block everyone until ARGV[4] ms from now (0 = no block; a
+# longer block is kept).
 _TIGHTEN = """
 for i = 0, 2 do
-  local remaining = tonumber(ARGV[1 + i])
+  local headroom = tonumber(ARGV[1 + i])
   local level = redis.call('HGET', KEYS[1], 'b' .. i)
-  if remaining >= 0 and level and tonumber(level) > remaining then
-    redis.call('HSET', KEYS[1], 'b' .. i, tostring(remaining))
+  if headroom and level and tonumber(level) > headroom then
+    redis.call('HSET', KEYS[1], 'b' .. i, tostring(headroom))
   end
 end
 local block_ms = tonumber(ARGV[4])
@@ -116,13 +127,27 @@ class Limits:
     # reserve for network jitter (see the module docstring).
     burst_share: float = 0.02
     safety_share: float = 0.02
+    # The share of each limit backfills may use (the rest is live traffic's).
+    share: float = 1.0
 
     @property
     def enabled(self) -> bool:
         return any(self.values())
 
-    def values(self) -> tuple[int, int, int]:
+    def configured(self) -> tuple[int, int, int]:
+        """The provider's limits, as configured."""
         return (self.requests, self.input_tokens, self.output_tokens)
+
+    def values(self) -> tuple[int, int, int]:
+        """What the buckets hold to: the share of each limit (at least 1 of a set limit)."""
+        requests, input_tokens, output_tokens = (
+            max(1, math.floor(limit * self.share)) if limit else 0
+            for limit in self.configured())
+        return (requests, input_tokens, output_tokens)
+
+    def reserve(self, limit: int) -> int:
+        """What backfills leave to live traffic of a provider limit: (1 - share) × limit."""
+        return math.ceil(limit * (1 - self.share))
 
     def burst(self, limit: int) -> int:
         return max(1, math.ceil(limit * self.burst_share)) if limit else 0
@@ -145,12 +170,17 @@ class Cost:
         return (self.requests, self.input_tokens, self.output_tokens)
 
 
+Triple = tuple[int | None, int | None, int | None]
+
+
 @dataclass(frozen=True)
 class Feedback:
-    """What the provider said about its limits; None = not said."""
+    """What the provider said about its limits (requests, input and output tokens); None =
+    not said."""
 
-    remaining: tuple[int | None, int | None, int | None] = (None, None, None)
+    remaining: Triple = (None, None, None)
     block_s: float = 0.0
+    limits: Triple = (None, None, None)
 
 
 def bucket_key(api_key: str, model: str) -> str:
@@ -160,11 +190,14 @@ def bucket_key(api_key: str, model: str) -> str:
 
 
 class RateLimiter:
-    """Token buckets of one API key, one set per model."""
+    """Token buckets of one API key, one set per model (and per endpoint other than
+    Messages: `endpoint` is the suffix of their keys)."""
 
-    def __init__(self, client: redis.Redis, api_key: str, limits: Limits) -> None:
+    def __init__(self, client: redis.Redis, api_key: str, limits: Limits,
+                 endpoint: str | None = None) -> None:
         self._redis = client
         self._api_key = api_key
+        self._suffix = f":{endpoint}" if endpoint else ""
         self.limits = limits
         self._take = client.register_script(_TAKE)
         self._adjust = client.register_script(_ADJUST)
@@ -174,7 +207,7 @@ class RateLimiter:
         self._redis.close()
 
     def _keys(self, model: str) -> list[str]:
-        key = bucket_key(self._api_key, model)
+        key = bucket_key(self._api_key, model) + self._suffix
         return [key, key + ":blocked"]
 
     def try_take(self, model: str, cost: Cost) -> float:
@@ -195,6 +228,23 @@ class RateLimiter:
         self._adjust(keys=self._keys(model), args=args)
 
     def tighten(self, model: str, feedback: Feedback) -> None:
-        remaining = [-1 if value is None else max(value, 0) for value in feedback.remaining]
+        headroom = [
+            "" if value is None else str(headroom_of(self.limits, value, given, configured))
+            for value, given, configured in zip(feedback.remaining, feedback.limits,
+                                                self.limits.configured(), strict=True)
+        ]
         block_ms = max(0, math.ceil(feedback.block_s * 1000))
-        self._tighten(keys=self._keys(model), args=[*remaining, block_ms])
+        self._tighten(keys=self._keys(model), args=[*headroom, block_ms])
+
+
+def headroom_of(limits: Limits, remaining: int, provider_limit: int | None,
+                configured: int) -> int:
+    """What backfills may still take of a window the provider says has `remaining` left:
+    all of it less the live traffic's reserve, `(1 - share) × limit` (the provider's limit
+    when it says one, else the configured one). Below zero it is a debt, at most one
+    bucket's worth of the period, so a deep debt never stalls backfills for more than about
+    one period."""
+    limit = provider_limit if provider_limit is not None else configured
+    headroom = max(remaining, 0) - limits.reserve(limit)
+    usable = max(1, math.floor(limit * limits.share)) if limit else 0
+    return max(headroom, -usable)

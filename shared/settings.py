@@ -11,10 +11,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.errors import EnvironmentProblem
+from shared.errors import EnvironmentProblem, SettingsInvalid
 
 # The ASCII bytes of "backfill" as one bigint: easy to recognise in pg_locks.
 DEFAULT_LEADER_LOCK_KEY = 0x6261636B66696C6C
@@ -126,6 +126,12 @@ class Settings(BaseSettings):
     rl_output_estimate_tokens: int = Field(0, ge=0, alias="BACKFILL_RL_OUTPUT_ESTIMATE_TOKENS")
     rl_burst_share: float = Field(0.02, gt=0, le=1, alias="BACKFILL_RL_BURST_SHARE")
     rl_safety_share: float = Field(0.02, ge=0, lt=1, alias="BACKFILL_RL_SAFETY_SHARE")
+    # Backfills share the API key with the platform's live post-call analysis: they may use
+    # this share of each limit above, and never the last (1 - share) of a provider's window
+    # (shared/ratelimit.py).
+    rl_share: float = Field(1.0, alias="BACKFILL_RL_SHARE")
+    # The provider limits `count_tokens` calls on their own (requests per period); 0 = none.
+    rl_count_tokens_per_min: int = Field(0, ge=0, alias="BACKFILL_RL_COUNT_TOKENS_PER_MIN")
 
     # Prompt caching of the static prefix (instructions + field definitions). Off only to
     # measure what caching saves (`make bench`).
@@ -148,8 +154,42 @@ class Settings(BaseSettings):
     price_cache_write_multiplier: float = Field(1.25, ge=0, alias="BACKFILL_PRICE_CACHE_WRITE")
     price_cache_read_multiplier: float = Field(0.1, ge=0, alias="BACKFILL_PRICE_CACHE_READ")
     price_batch_multiplier: float = Field(0.5, ge=0, alias="BACKFILL_PRICE_BATCH")
-    # Output tokens one analysis is expected to take, for `preview` estimates.
+    # Output tokens one analysis is expected to take, for `preview` estimates of a
+    # configuration that has no recorded runs yet.
     estimate_output_tokens: int = Field(250, ge=0, alias="BACKFILL_ESTIMATE_OUTPUT_TOKENS")
+    # The provider's rule: a cached prefix shorter than the model's minimum is not cached
+    # (billed as plain input, nothing written). Keys are model ids without a date suffix; a
+    # model not listed has the minimum of most models, 1,024.
+    cache_min_tokens: dict[str, int] = Field(
+        default_factory=lambda: {
+            "claude-haiku-4-5": 4096,
+            "claude-opus-4-5": 4096,
+            "claude-opus-4-6": 4096,
+            "claude-sonnet-4-6": 2048,
+            "claude-3-5-haiku": 2048,
+            "claude-sonnet-4-5": 1024,
+            "claude-sonnet-4": 1024,
+            "claude-opus-4-1": 1024,
+            "claude-opus-4": 1024,
+        },
+        alias="BACKFILL_CACHE_MIN_TOKENS",
+    )
+    # Estimates ask the provider's token counter about a sample of the matched sessions: at
+    # most this many calls (0 = never: the local estimate), all within this time.
+    estimate_count_calls: int = Field(20, ge=0, le=1000, alias="BACKFILL_ESTIMATE_COUNT_CALLS")
+    estimate_timeout_s: float = Field(10.0, gt=0, alias="BACKFILL_ESTIMATE_TIMEOUT_S")
+    # A capped job reserves each session's estimate plus this share before it is sent, so an
+    # estimate that is a little low does not carry the job's spend past its cap.
+    budget_margin: float = Field(0.1, ge=0, le=1, alias="BACKFILL_BUDGET_MARGIN")
+
+    @field_validator("rl_share")
+    @classmethod
+    def _a_share(cls, share: float) -> float:
+        # NaN fails the comparison like any other value outside (0, 1].
+        if not 0 < share <= 1:
+            raise ValueError("must be a share with 0 < s ≤ 1 (the share of each rate limit "
+                             "backfills may use)")
+        return share
 
     # Observability and notifications (shared/logs.py, shared/metrics.py, scheduler/webhooks/).
     # None = text on a terminal, json otherwise.
@@ -204,5 +244,19 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process's settings, read on first use."""
-    return Settings()
+    """The process's settings, read on first use. A value the settings refuse stops the
+    process with one line naming the variable (SettingsInvalid is an EnvironmentProblem)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsInvalid(settings_problem(exc)) from None
+
+
+def settings_problem(exc: ValidationError) -> str:
+    """What is wrong, by variable name; never the value given (it may be a secret)."""
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error.get("loc", ())) or "settings"
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        problems.append(f"{where.upper()}: {message}")
+    return "invalid setting " + "; ".join(problems)

@@ -97,6 +97,7 @@ def rate_limits(settings: Settings) -> Limits:
         period_s=settings.rl_period_s,
         burst_share=settings.rl_burst_share,
         safety_share=settings.rl_safety_share,
+        share=settings.rl_share,
     )
 
 
@@ -216,10 +217,9 @@ def _wait_until_taken(limiter: RateLimiter, model: str, cost: Cost, deadline: fl
         time.sleep(wait_s + random.uniform(0, min(0.05, wait_s)))
 
 
-_REMAINING_HEADERS = tuple(
-    f"anthropic-ratelimit-{name}-remaining"
-    for name in ("requests", "input-tokens", "output-tokens")
-)
+_LIMITED = ("requests", "input-tokens", "output-tokens")
+_REMAINING_HEADERS = tuple(f"anthropic-ratelimit-{name}-remaining" for name in _LIMITED)
+_LIMIT_HEADERS = tuple(f"anthropic-ratelimit-{name}-limit" for name in _LIMITED)
 
 
 def _after_call(limiter: RateLimiter, model: str, headers: Mapping[str, str], status: int,
@@ -235,16 +235,19 @@ def _after_call(limiter: RateLimiter, model: str, headers: Mapping[str, str], st
 
 
 def provider_feedback(headers: Mapping[str, str], status: int, now: float) -> Feedback:
-    """The provider's view of its limits: what remains, and how long everyone must wait
-    (a 429's retry-after, or an exhausted request budget until its reset)."""
+    """The provider's view of its limits: what remains of each and what each is, and how
+    long everyone must wait (a 429's retry-after, or an exhausted request budget until its
+    reset)."""
     remaining = tuple(_int_header(headers, name) for name in _REMAINING_HEADERS)
+    limits = tuple(_int_header(headers, name) for name in _LIMIT_HEADERS)
     block_s = 0.0
     if status == 429:
         block_s = _float_header(headers, "retry-after") or 1.0
     elif remaining[0] == 0:
         reset = _reset_time(headers.get("anthropic-ratelimit-requests-reset"))
         block_s = max(0.0, reset - now) if reset is not None else 0.0
-    return Feedback(remaining=(remaining[0], remaining[1], remaining[2]), block_s=block_s)
+    return Feedback(remaining=(remaining[0], remaining[1], remaining[2]), block_s=block_s,
+                    limits=(limits[0], limits[1], limits[2]))
 
 
 def _int_header(headers: Mapping[str, str], name: str) -> int | None:

@@ -22,6 +22,7 @@ from shared.state import items
 from shared.state.items import Claim
 from shared.vocabulary import LIVE, Outcome
 from worker.context import WorkerContext
+from worker.llm import Reply
 
 log = logging.getLogger("backfill.worker")
 
@@ -65,8 +66,10 @@ def claim_and_prepare(ctx: WorkerContext, job_id: str, session_id: str) -> Prepa
 def run_and_record(ctx: WorkerContext, prepared: Prepared) -> Outcome:
     """The LLM call and its outcome, for a claim this process holds."""
     claim = prepared.resolved.claim
+    reply: Reply | None = None
     try:
-        return _call_and_write(ctx, prepared)
+        reply = ctx.caller.complete(prepared.request)
+        return _interpret_and_write(ctx, prepared, reply)
     except errors.AnalysisError as exc:
         failure = exc
     except DB_UNAVAILABLE as exc:
@@ -74,6 +77,8 @@ def run_and_record(ctx: WorkerContext, prepared: Prepared) -> Outcome:
     model = prepared.resolved.config.model
     try:
         with ctx.db.transaction() as tx:
+            if reply is not None:  # an answer came (and was billed) but could not be used
+                pipeline.record_charge(tx, ctx.settings, claim, reply.message, LIVE)
             return pipeline.record_failure(tx, ctx.settings, claim, failure, model=model)
     except DB_UNAVAILABLE as exc:
         # The failure cannot be written either. Leaving `_holding` stops the heartbeat, so the
@@ -83,12 +88,12 @@ def run_and_record(ctx: WorkerContext, prepared: Prepared) -> Outcome:
         return "abandoned"
 
 
-def _call_and_write(ctx: WorkerContext, prepared: Prepared) -> Outcome:
-    """The LLM call, outside any transaction; then the result in a second short one."""
-    reply = ctx.caller.complete(prepared.request)
-    answer = pipeline.interpret(ctx.settings, prepared.resolved.config, reply.message,
-                                mode=LIVE)
+def _interpret_and_write(ctx: WorkerContext, prepared: Prepared, reply: Reply) -> Outcome:
+    """The answer of the LLM call (made outside any transaction), written in a second short
+    transaction with what it was billed."""
+    answer = pipeline.interpret(prepared.resolved.config, reply.message)
     with ctx.db.transaction() as tx:
+        pipeline.record_charge(tx, ctx.settings, prepared.resolved.claim, reply.message, LIVE)
         return pipeline.record_success(tx, prepared.resolved, answer, reply.latency_ms)
 
 

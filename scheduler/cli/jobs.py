@@ -97,9 +97,32 @@ def _pricing_mode(mode: str) -> Mode:
 
 def _preview_text(document: dict[str, Any]) -> str:
     estimate = document["estimate"]
+    basis = estimate["basis"]
+    if "basis_reason" in estimate:
+        basis += f": {estimate['basis_reason']}"
     return (f"{document['matched']} sessions match; estimated {estimate['input_tokens']:,} "
             f"input and {estimate['output_tokens']:,} output tokens, "
-            f"${estimate['usd']:,.2f} ({estimate['mode']})")
+            f"${estimate['usd']:,.2f} ({estimate['mode']}; basis {basis})")
+
+
+# Read as text, so a value that is not a number gets the same one-line error as one that is
+# out of range (Typer's own would be a box).
+MaxCostUsd = Annotated[str | None, typer.Option(
+    "--max-cost-usd", help="Budget cap in USD: the job pauses before it would spend more.")]
+
+
+def parse_cost_flag(value: str | None) -> float | None:
+    """`--max-cost-usd`: a number of USD above 0."""
+    from scheduler.jobs.options import parse_max_cost_usd
+
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise InvalidInput(f"--max-cost-usd: must be a number of USD greater than 0, "
+                           f"got {value[:40]!r}") from None
+    return parse_max_cost_usd(number, "--max-cost-usd")
 
 
 @app.command()
@@ -111,6 +134,7 @@ def create(
     limit: Limit = None,
     skip_current: SkipCurrent = False,
     trial: Trial = None,
+    max_cost_usd: MaxCostUsd = None,
     idempotency_key: Annotated[str | None, typer.Option("--idempotency-key")] = None,
     mode: Annotated[str | None, typer.Option(
         "--mode", help="live (a task per session) or batch (Message Batches API); default: "
@@ -122,9 +146,10 @@ def create(
     """Create a backfill job; the scheduler dispatches it."""
     from scheduler.jobs import audit, operations
 
+    cap = guarded(lambda: parse_cost_flag(max_cost_usd))
     settings = resolve_settings()
     raw = guarded(lambda: load_filters_argument(filters))
-    options = _options(sample_rate, limit, skip_current, trial)
+    options = _options(sample_rate, limit, skip_current, trial) | {"max_cost_usd": cap}
     db = open_database(settings)
     created = guarded(lambda: operations.create_job(
         db, settings, workspace, kind, raw, actor=audit.os_actor(), options=options,
@@ -231,11 +256,17 @@ def pause(job_id: str, reason: RequiredReason) -> None:
 
 
 @app.command()
-def resume(job_id: str, reason: RequiredReason) -> None:
-    """Dispatch a paused job again."""
-    from scheduler.jobs import operations
+def resume(job_id: str, reason: RequiredReason, max_cost_usd: MaxCostUsd = None) -> None:
+    """Dispatch a paused job again (with --max-cost-usd: under a new budget cap)."""
+    from scheduler.jobs import audit, operations
 
-    _operate(operations.resume, job_id, reason)
+    cap = guarded(lambda: parse_cost_flag(max_cost_usd))
+    reason = guarded(lambda: required_reason(reason))
+    settings = resolve_settings()
+    db = open_database(settings)
+    state = guarded(lambda: operations.resume(db, job_id, actor=audit.os_actor(), reason=reason,
+                                              settings=settings, max_cost_usd=cap))
+    typer.echo(f"{job_id}: {state}")
 
 
 @app.command()
@@ -305,6 +336,18 @@ def print_job(db: Database, settings: Settings, job_id: str, as_json: bool) -> N
 
     render.print_job(document)
     typer.echo(_usage_text(document.get("usage") or {}))
+    typer.echo(_spend_text(document))
+
+
+def _spend_text(document: dict[str, Any]) -> str:
+    spend = document.get("spend") or {}
+    cap = document.get("max_cost_usd")
+    text = f"spend: ${spend.get('spent_usd', 0.0):,.4f}"
+    text += " (no cap)" if cap is None else (
+        f" of a ${cap:,.4f} cap, ${spend.get('reserved_usd', 0.0):,.4f} reserved in flight")
+    if document.get("pause_reason"):
+        text += f"; paused: {document['pause_reason']}"
+    return text
 
 
 def _usage_text(usage: dict[str, Any]) -> str:

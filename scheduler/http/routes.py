@@ -33,6 +33,7 @@ from scheduler.http.schemas import (
     RequeueRequest,
     Rerun,
     RerunRequest,
+    ResumeRequest,
     SessionAnalysis,
     storable,
 )
@@ -175,9 +176,14 @@ def pause_backfill(job_id: JobId, caller: Caller, db: Db, settings: Conf,
 @v1.post("/backfills/{job_id}/resume", response_model=Job, responses=NOT_FOUND | CONFLICT,
          tags=["operations"])
 def resume_backfill(job_id: JobId, caller: Caller, db: Db, settings: Conf,
-                    body: ReasonRequest | None = None) -> dict[str, Any]:
-    """Dispatch a paused job again."""
-    return _operate(operations.resume, db, settings, job_id, caller, body)
+                    body: ResumeRequest | None = None) -> dict[str, Any]:
+    """Dispatch a paused job again; `max_cost_usd` gives it a new budget cap (a job paused at
+    its cap resumes only with one)."""
+    request = body or ResumeRequest()
+    operations.resume(db, _known(job_id), actor=caller.actor, reason=request.reason,
+                      workspace_id=caller.workspace_id, settings=settings,
+                      max_cost_usd=request.max_cost_usd)
+    return _job(db, settings, job_id, caller)
 
 
 @v1.post("/backfills/{job_id}/cancel", response_model=Job, responses=NOT_FOUND | CONFLICT,

@@ -76,6 +76,9 @@ OPTIONS_SCHEMA: dict[str, Any] = {
         "trial_size": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_TRIAL_SIZE,
                        "description": "A trial of N of the sessions the job would take: "
                                       "analysed and reported, never applied (promote it)."},
+        "max_cost_usd": {"type": ["number", "null"], "exclusiveMinimum": 0,
+                         "description": "Budget cap in USD: the job pauses before it would "
+                                        "spend more (at least one session's estimated cost)."},
     },
 }
 
@@ -110,6 +113,14 @@ class CreateRequest(PreviewRequest):
 
 class ReasonRequest(_Request):
     reason: Reason | None = None
+
+
+class ResumeRequest(ReasonRequest):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"max_cost_usd": 25.0, "reason": "approved a larger budget"}]})
+
+    max_cost_usd: Annotated[float, Field(gt=0, allow_inf_nan=False, description=(
+        "A new budget cap in USD (a job paused at its cap resumes only with one)."))] | None = None
 
 
 class RequeueRequest(ReasonRequest):
@@ -158,6 +169,11 @@ class AuditEvent(_Response):
     details: dict[str, Any]
 
 
+class Spend(_Response):
+    spent_usd: float = Field(description="What the job's calls cost so far.")
+    reserved_usd: float = Field(description="What its sessions in flight hold against the cap.")
+
+
 class Job(_Response):
     id: str
     workspace_id: str
@@ -173,6 +189,10 @@ class Job(_Response):
     created_at: str
     finished_at: str | None
     audit: list[AuditEvent]
+    max_cost_usd: float | None = Field(None, description="The budget cap in USD (null: none).")
+    pause_reason: str | None = Field(None, description="`budget_exhausted` while paused at the "
+                                                       "cap.")
+    spend: Spend | None = None
 
 
 class JobPage(_Response):

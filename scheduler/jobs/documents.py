@@ -21,6 +21,7 @@ from scheduler.jobs import audit
 from shared.errors import InvalidInput, NotFound
 from shared.pricing import Tokens, cost_usd
 from shared.settings import Settings
+from shared.state import budget
 from shared.state.jobs import mode_of
 from shared.state.trials import is_trial
 from shared.vocabulary import ITEM_STATES
@@ -79,7 +80,7 @@ def jobs_json(
 ) -> list[dict[str, Any]]:
     """Job documents in the order of `job_ids` (unknown or foreign ids are left out).
 
-    Five queries for the whole page, however many jobs it holds.
+    Seven queries for the whole page, however many jobs it holds.
     """
     params = {"ids": list(job_ids), "ws": workspace_id}
     rows = {row.id: row for row in tx.execute(_JOBS, params)}
@@ -92,8 +93,20 @@ def jobs_json(
         kinds[row.job_id][row.error_kind] = row.n
     trails = audit.events_for_jobs(tx, found)
     usage = _usage(tx, found, {i: rows[i] for i in found}, settings)
+    spend = budget.spend_of(tx, found)
     return [_job_document(rows[i], counts[i], kinds[i], trails[i]) | {"usage": usage[i]}
-            for i in found]
+            | _spend_document(rows[i].state, spend[i]) for i in found]
+
+
+def _spend_document(state: str, spend: budget.Budget) -> dict[str, Any]:
+    """The cap, why the job is paused (while it is), and what it spent and holds in flight
+    (settled or not: the figures of this moment)."""
+    return {
+        "max_cost_usd": None if spend.max_cost_usd is None else float(spend.max_cost_usd),
+        "pause_reason": spend.pause_reason if state == "paused" else None,
+        "spend": {"spent_usd": round(float(spend.spent_usd), 6),
+                  "reserved_usd": round(float(spend.reserved_usd), 6)},
+    }
 
 
 def _usage(tx: Connection, job_ids: list[str], jobs: dict[str, Any],

@@ -10,15 +10,18 @@ session of another workspace is not found. The operator CLI passes None.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Connection, text
 
-from scheduler.jobs import audit, planner
+from scheduler.jobs import audit, estimates, planner
+from scheduler.jobs.options import parse_max_cost_usd, parse_options
 from shared.db import Database
 from shared.errors import InvalidInput, NotFound
 from shared.settings import Settings
-from shared.state import items, jobs
+from shared.state import budget, items, jobs
+from shared.state.budget import SessionEstimate
 
 
 class JobStateConflict(InvalidInput):
@@ -39,11 +42,25 @@ def create_job(
     mode: str | None = None,
 ) -> planner.CreatedJob:
     """The planner's create with its audit event in the same transaction (an idempotent
-    replay records nothing)."""
+    replay records nothing). A job with `options.max_cost_usd` gets its cap and the
+    per-session estimate its reservations hold; a cap below the estimated cost of one
+    session is refused before anything is created."""
+    cap = parse_options(options).max_cost_usd
+    session = None
+    if cap is not None:
+        estimate = estimates.job_estimate(db, settings, workspace_id, kind, filters,
+                                          options=options, mode=mode)
+        _require_one_session(cap, Decimal(str(estimate.mean_session_usd)),
+                             "options.max_cost_usd")
+        session = estimate.session
+
     def audited(tx: Connection, job_id: str) -> None:
         audit.record(tx, workspace_id=workspace_id, job_id=job_id, actor=actor,
                      action="create", reason=reason,
-                     details={"kind": kind, "idempotency_key": idempotency_key})
+                     details={"kind": kind, "idempotency_key": idempotency_key,
+                              "max_cost_usd": cap})
+        if cap is not None:
+            budget.set_cap(tx, job_id, Decimal(str(cap)), session)
 
     return planner.create_job(
         db, settings, workspace_id, kind, filters, options=options,
@@ -111,13 +128,79 @@ def pause(db: Database, job_id: str, *, actor: str, reason: str | None = None,
     return "paused"
 
 
+_STATE_AND_OPTIONS = text("""
+    SELECT state, options FROM backfill_jobs
+     WHERE id = :id AND (CAST(:ws AS text) IS NULL OR workspace_id = CAST(:ws AS text))
+""")
+
+
 def resume(db: Database, job_id: str, *, actor: str, reason: str | None = None,
-           workspace_id: str | None = None) -> str:
+           workspace_id: str | None = None, settings: Settings | None = None,
+           max_cost_usd: object = None) -> str:
+    """Dispatch a paused job again; `max_cost_usd` gives it a new cap (a job paused at its
+    cap resumes only with one that leaves room for another session)."""
+    cap = None if max_cost_usd is None else Decimal(str(parse_max_cost_usd(
+        max_cost_usd, "max_cost_usd")))
+    session = _estimate_for_new_cap(db, settings, job_id, workspace_id, cap)
     with db.transaction() as tx:
         job = _locked_in(tx, job_id, workspace_id, allowed={"paused"}, target="running")
+        spend = budget.spend_of(tx, [job_id])[job_id]
+        if cap is None and spend.pause_reason == budget.BUDGET_EXHAUSTED:
+            raise JobStateConflict(
+                f"job {job_id} is paused at its cap (${spend.spent_usd:,.4f} spent of "
+                f"${spend.max_cost_usd or 0:,.4f}); resume it with a higher max_cost_usd")
+        if cap is not None:
+            one = (spend.estimate or session or SessionEstimate(Decimal(0), Decimal(0))).base_usd
+            _require_one_session(cap, spend.spent_usd + spend.reserved_usd + one, "max_cost_usd",
+                                 spent=spend.spent_usd)
+            budget.set_cap(tx, job_id, cap, None if spend.estimate else session)
         jobs.resume(tx, job, reason)
-        _audit_transition(tx, job, actor, "resume", reason)
+        budget.clear_pause_reason(tx, job_id)
+        audit.record(tx, workspace_id=job.workspace_id, job_id=job_id, actor=actor,
+                     action="resume", reason=reason, details={
+                         "from_state": job.state, "pause_reason": spend.pause_reason,
+                         "max_cost_usd": None if cap is None else float(cap),
+                         "previous_max_cost_usd": _float(spend.max_cost_usd)})
     return "running"
+
+
+def _estimate_for_new_cap(db: Database, settings: Settings | None, job_id: str,
+                          workspace_id: str | None, cap: Decimal | None
+                          ) -> SessionEstimate | None:
+    """A job that had no cap has no per-session estimate yet: it is made from the job's
+    sessions still to analyse (outside any transaction: it asks the provider)."""
+    if cap is None:
+        return None
+    with db.transaction() as tx:
+        job = tx.execute(_STATE_AND_OPTIONS, {"id": job_id, "ws": workspace_id}).one_or_none()
+        spend = budget.spend_of(tx, [job_id]).get(job_id)
+    if job is None or spend is None:
+        raise NotFound(f"no backfill job {job_id!r}")
+    if spend.estimate is not None or settings is None or job.state != "paused":
+        return None
+    return estimates.open_items_estimate(db, settings, job_id, jobs.mode_of(job.options)).session
+
+
+def _require_one_session(cap: float | Decimal, needed: Decimal, name: str, *,
+                         spent: Decimal | None = None) -> None:
+    """A cap must leave room for at least one session's estimated cost."""
+    if Decimal(str(cap)) >= needed:
+        return
+    if spent is None:
+        raise InvalidInput(f"{name}: {_usd(cap)} is below the estimated cost of one session "
+                           f"({_usd(needed)})")
+    raise InvalidInput(f"{name}: {_usd(cap)} leaves no room for another session: the job has "
+                       f"spent {_usd(spent)} and needs about {_usd(needed - spent)} more for "
+                       f"the next one")
+
+
+def _usd(amount: float | Decimal) -> str:
+    """Six significant digits: a cap of a fraction of a cent still reads as what it is."""
+    return f"${float(amount):,.6g}"
+
+
+def _float(amount: Decimal | None) -> float | None:
+    return None if amount is None else float(amount)
 
 
 def cancel(db: Database, job_id: str, *, actor: str, reason: str | None = None,

@@ -1,4 +1,5 @@
-"""A job's options (how much of the filtered set it takes) and its mode, validated.
+"""A job's options (how much of the filtered set it takes, and its budget cap) and its mode,
+validated.
 
 Options are decoded JSON from the CLI or the HTTP body; null (or a missing option) means its
 default. Messages name the option as a JSON user writes it: `options.limit: …`.
@@ -10,27 +11,30 @@ and the one contradiction is a `limit` below N: such a trial could never have N 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from shared.errors import InvalidInput
 from shared.state.trials import TRIAL_OPTION
 from shared.vocabulary import BATCH, LIVE, MODES, Mode, is_json_number, json_type
 
-OPTION_NAMES = ("sample_rate", "limit", "skip_current", TRIAL_OPTION)
+OPTION_NAMES = ("sample_rate", "limit", "skip_current", TRIAL_OPTION, "max_cost_usd")
 MAX_LIMIT = 10_000_000
 MAX_TRIAL_SIZE = 1000
 
 
 @dataclass(frozen=True)
 class JobOptions:
-    """How much of the filtered set a job takes (see `selection` for the order)."""
+    """How much of the filtered set a job takes (see `selection` for the order), and the most
+    it may spend (USD; None = no cap)."""
 
     sample_rate: float = 1.0
     limit: int | None = None
     skip_current: bool = False
     trial_size: int | None = None
+    max_cost_usd: float | None = None
 
     @property
     def trial(self) -> bool:
@@ -41,10 +45,13 @@ class JobOptions:
         return replace(self, trial_size=None)
 
     def as_json(self) -> dict[str, Any]:
-        # Only a trial carries `trial_size`, so any other job's options stay as they were.
-        document = asdict(self)
-        if not self.trial:
-            del document[TRIAL_OPTION]
+        """The selection options, as the job row keeps them. The cap is not among them: it
+        lives in the job's budget (a resume may raise it), shown as the job's max_cost_usd.
+        Only a trial carries `trial_size`, so any other job's options stay as they were."""
+        document: dict[str, Any] = {"sample_rate": self.sample_rate, "limit": self.limit,
+                                    "skip_current": self.skip_current}
+        if self.trial:
+            document[TRIAL_OPTION] = self.trial_size
         return document
 
 
@@ -93,6 +100,17 @@ def _trial_size(value: object, limit: int | None) -> int | None:
     return value
 
 
+def parse_max_cost_usd(value: object, name: str = "options.max_cost_usd") -> float:
+    """A budget cap: a finite number of USD above 0 (`name` is how the caller spells it)."""
+    if not is_json_number(value) or not math.isfinite(value) or value <= 0:
+        raise InvalidInput(f"{name}: must be a number of USD greater than 0, got {_shown(value)}")
+    return float(value)
+
+
+def _max_cost_usd(value: object) -> float | None:
+    return None if value is None else parse_max_cost_usd(value)
+
+
 def parse_options(raw: object) -> JobOptions:
     """Validate decoded JSON options; null (or a missing option) means its default."""
     if raw is None:
@@ -113,6 +131,7 @@ def parse_options(raw: object) -> JobOptions:
         limit=limit,
         skip_current=_skip_current(raw.get("skip_current")),
         trial_size=_trial_size(raw.get(TRIAL_OPTION), limit),
+        max_cost_usd=_max_cost_usd(raw.get("max_cost_usd")),
     )
 
 

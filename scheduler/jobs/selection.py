@@ -106,14 +106,22 @@ def _sampled(rate: float) -> ColumnElement[bool]:
     is an exact integer computed here: comparing bigints keeps the sample about as cheap as a
     plain scan (numeric division would cost several times more on a million rows).
     """
-    threshold = math.ceil(Fraction(rate) * _HASH_SPACE)
-    return _bucket(SessionRecord.session_id) < literal(threshold, BigInteger)
+    return session_bucket() < literal(hash_threshold(rate), BigInteger)
 
 
-def _bucket(session_id: ColumnElement[str] | InstrumentedAttribute[str]) -> ColumnElement[int]:
+def session_bucket(
+    session_id: ColumnElement[str] | InstrumentedAttribute[str] = SessionRecord.session_id,
+) -> ColumnElement[int]:
+    """The session id's place in the hash space [0, 2^63): what `sample_rate` compares, what
+    a trial's sample is ordered by, and what estimates sample by."""
     return func.hashtextextended(session_id, literal(0, BigInteger)).op("&")(
         literal(_HASH_MASK, BigInteger)
     )
+
+
+def hash_threshold(share: float) -> int:
+    """The bucket below which `share` of the hash space lies."""
+    return math.ceil(Fraction(share) * _HASH_SPACE)
 
 
 def _trial_sample(query: Select[Any], size: int) -> Select[Any]:
@@ -122,7 +130,7 @@ def _trial_sample(query: Select[Any], size: int) -> Select[Any]:
     picks a subset of a larger one, and with a sample rate it stays inside the sample."""
     taken = query.subquery("job_sessions")
     return (select(taken.c.session_id)
-            .order_by(_bucket(taken.c.session_id), taken.c.session_id).limit(size))
+            .order_by(session_bucket(taken.c.session_id), taken.c.session_id).limit(size))
 
 
 # The part of a session's transfers that the configuration depends on: the destination and

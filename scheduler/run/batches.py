@@ -39,11 +39,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
+from scheduler.run import budget as spend
 from shared import errors, llm, pipeline
 from shared.db import Database
 from shared.pipeline import Prepared
 from shared.settings import Settings
-from shared.state import batches, items, jobs
+from shared.state import batches, budget, items, jobs
 from shared.state.items import Claim
 from shared.vocabulary import BATCH, Outcome
 
@@ -173,10 +174,15 @@ class BatchCycle:
 
     def _claim(self, job_id: str) -> list[Claim]:
         # The ordinary lease until the batch is recorded: if this process dies before that,
-        # the reconciler takes the items back soon instead of a day later.
+        # the reconciler takes the items back soon instead of a day later. A capped job
+        # claims as many as its budget has room for, each reserving its estimate.
         with self.db.transaction() as tx:
-            return items.claim_for_batch(tx, job_id, self.settings.batch_submit_limit,
-                                         self.settings.lease_s)
+            claims, reserved = budget.claim_within_budget(
+                tx, job_id, self.settings.batch_submit_limit, self.settings.lease_s,
+                self.settings.budget_margin)
+            if reserved.exhausted:
+                spend.exhausted(tx, job_id, reserved.next_usd)
+            return claims
 
     def _build_requests(self, claims: list[Claim]) -> list[_Request]:
         """Requests of the claims that need one; skips and missing configurations end here."""
@@ -288,18 +294,20 @@ class BatchCycle:
 
     def _write_result(self, claim: Claim, result: Any, latency_ms: int) -> Outcome:
         """One result through the live pipeline; returns the outcome."""
+        message = result.message.to_dict() if result.type == "succeeded" else None
         with self.db.transaction() as tx:
+            if message is not None:  # billed, whatever becomes of it
+                pipeline.record_charge(tx, self.settings, claim, message, BATCH)
             session = pipeline.load_or_skip(tx, claim)
             if session is None:
                 return "skipped"
-            if result.type != "succeeded":
+            if message is None:
                 return pipeline.record_failure(tx, self.settings, claim, result_error(result))
             resolved = pipeline.resolve(tx, self.settings, claim, session)
             if isinstance(resolved, str):
                 return resolved
             try:
-                answer = pipeline.interpret(self.settings, resolved.config,
-                                            result.message.to_dict(), mode=BATCH)
+                answer = pipeline.interpret(resolved.config, message)
             except errors.AnalysisError as exc:
                 return pipeline.record_failure(tx, self.settings, claim, exc)
             return pipeline.record_success(tx, resolved, answer, latency_ms)

@@ -1,9 +1,11 @@
 """Dispatcher: keeps at most a window of messages per job in the broker, sends after commit.
 
 One pass (`tick`) over every running live job: queue up to the window's room of due pending
-items, commit, then publish one `backfill.analyze_session(job_id, session_id)` each. Around it:
-the reconciler when due (`scheduler.run.reconciler`), the Message Batches cycle for batch-mode
-jobs (`scheduler.run.batches`), and completing every job whose items are all terminal.
+items (a capped job: as many as its budget has room for, each reserving its estimate), commit,
+then publish one `backfill.analyze_session(job_id, session_id)` each. Around it: the
+reconciler when due (`scheduler.run.reconciler`), settling spend and released reservations
+(`scheduler.run.budget`), the Message Batches cycle for batch-mode jobs
+(`scheduler.run.batches`), and completing every job whose items are all terminal.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ from dataclasses import dataclass, field
 
 from celery import Celery
 
+from scheduler.run import budget as spend
 from scheduler.run.batches import BatchCycle
 from scheduler.run.reconciler import Reconciler, ReconcileReport
 from shared import metrics
 from shared.broker import ANALYZE_SESSION
 from shared.db import Database
 from shared.settings import Settings
-from shared.state import items, jobs
+from shared.state import budget, items, jobs
 from shared.vocabulary import LIVE
 
 log = logging.getLogger("backfill.scheduler")
@@ -43,6 +46,8 @@ class Dispatcher:
         """One pass over every running job; returns how many messages were sent (plus batch
         requests submitted and results written, so a busy batch cycle does not idle)."""
         self.reconcile_if_due()
+        # Before reserving: what finished or was taken back gives its reservation back.
+        spend.settle(self.db)
         sent = 0
         for job_id in self._running_live_jobs():
             sent += self.dispatch_job(job_id)
@@ -64,9 +69,11 @@ class Dispatcher:
             room = self.settings.dispatch_window - items.in_flight(tx, job_id)
             if room <= 0:
                 return 0
-            session_ids = items.queue_pending(tx, job_id, room)
+            reserved = budget.queue_within_budget(tx, job_id, room, self.settings.budget_margin)
+            if reserved.exhausted:
+                spend.exhausted(tx, job_id, reserved.next_usd)
         # Published only after the commit, so a worker always finds the queued row.
-        return self._publish(job_id, session_ids)
+        return self._publish(job_id, reserved.session_ids)
 
     def _publish(self, job_id: str, session_ids: list[str]) -> int:
         for index, session_id in enumerate(session_ids):

@@ -14,5 +14,7 @@ a claim whose lease was taken over, or two schedulers overlapping change nothing
   `job_state` and writes its webhook event;
 - `events`: the webhook outbox those changes write (the event and a delivery per endpoint);
 - `runs`: the success write (the item, its `analysis_runs` row and the session's analysis);
-- `batches`: the Message Batches a batch-mode job submitted.
+- `batches`: the Message Batches a batch-mode job submitted;
+- `budget`: a job's cap, spend and reservations — reserve within the cap, charge an item,
+  settle into the job, pause at the cap.
 """

@@ -154,7 +154,9 @@ def test_cli_preview_json_and_show(pipeline: Pipeline, cached_job: dict[str, Any
                                    "--kind", "call", "--filters", "[]", "--json"))
     assert document["matched"] == SESSIONS
     assert set(document["estimate"]) == {"input_tokens", "output_tokens", "usd",
-                                         "model_breakdown", "mode"}
+                                         "model_breakdown", "mode", "basis"}
+    # The CLI asks the stand-in's token counter; the job's runs are the output's history.
+    assert document["estimate"]["basis"] == "history"
     shown = backfill(pipeline.env, "show", job["id"])
     assert "usage:" in shown and "cache read" in shown and "$" in shown
     assert json.loads(backfill(pipeline.env, "show", job["id"], "--json"))["usage"] == job["usage"]

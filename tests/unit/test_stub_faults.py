@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from types import SimpleNamespace
 from typing import Any
 
@@ -52,6 +53,9 @@ class FakeServer:
 
     def note_count_tokens_request(self) -> None:
         """Not counted: these tests only send Messages requests."""
+
+    def note_billed(self, model: str, usage: Mapping[str, int], batch: bool) -> None:
+        """Not kept: these tests check answers, not the bill."""
 
 
 @pytest.mark.parametrize(("given", "name"), [

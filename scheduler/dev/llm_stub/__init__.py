@@ -120,7 +120,8 @@ cache does), else a cache write.
 tokens of the answer's text (a tool call: its name and input JSON). ``count_tokens`` answers
 the sum of the three input figures without touching the cache. ``StubServer.request_count``
 counts Messages requests (batch requests included), ``count_tokens_requests`` the
-``count_tokens`` requests.
+``count_tokens`` requests, and ``StubServer.billed`` lists every answer billed (time, model,
+``usage``, batch or not): the stand-in's invoice, which tests price with the product's table.
 
 Faults (``FaultConfig``)
 ------------------------
@@ -180,6 +181,7 @@ from scheduler.dev.llm_stub.faults import (
 from scheduler.dev.llm_stub.messages import build_message, handle_count_tokens, handle_messages
 from scheduler.dev.llm_stub.ratewindow import RequestWindow
 from scheduler.dev.llm_stub.server import (
+    BilledAnswer,
     StubServer,
     enable_rate_limit,
     main,
@@ -193,6 +195,7 @@ from scheduler.dev.llm_stub.wire import ApiError
 
 __all__ = [
     "DEFAULT_MIN_CACHEABLE_PREFIX_TOKENS",
+    "BilledAnswer",
     "MIN_CACHEABLE_PREFIX_TOKENS",
     "ApiError",
     "ConnectionFault",

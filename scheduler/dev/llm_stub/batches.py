@@ -190,7 +190,7 @@ def _answer(server: BatchServer, request: dict[str, Any]) -> dict[str, Any]:
                                                            error.message)}
     if fault in CONNECTION_BEHAVIOURS:
         return {"custom_id": custom_id, "result": _errored("api_error", "internal error")}
-    message = build_message(server, params, fault)
+    message = build_message(server, params, fault, batch=True)
     return {"custom_id": custom_id, "result": {"type": "succeeded", "message": message}}
 
 

@@ -42,11 +42,19 @@ class MessagesServer(Protocol):
         """Count a count_tokens request (apart from Messages requests)."""
         ...
 
+    def note_billed(self, model: str, usage: Mapping[str, int], batch: bool) -> None:
+        """Keep what an answer was billed (the stand-in's invoice)."""
+        ...
+
 
 def build_message(
-    server: MessagesServer, body: Mapping[str, Any], fault: str | None = None
+    server: MessagesServer, body: Mapping[str, Any], fault: str | None = None, *,
+    batch: bool = False,
 ) -> dict[str, Any]:
+    """The answer to a request (live, or one request of a batch), billed to the server."""
     content, stop_reason = faulty_content(body, fault) if fault else answer_content(body)
+    usage = compute_usage(server.prompt_cache, body, content)
+    server.note_billed(str(body["model"]), usage, batch)
     return {
         "id": "msg_" + secrets.token_hex(12),
         "type": "message",
@@ -55,7 +63,7 @@ def build_message(
         "content": content,
         "stop_reason": stop_reason,
         "stop_sequence": None,
-        "usage": compute_usage(server.prompt_cache, body, content),
+        "usage": usage,
     }
 
 

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
 from typing import Any
@@ -41,6 +42,18 @@ from scheduler.dev.llm_stub.wire import (
 _LINGER_ZERO = struct.pack("ii", 1, 0)
 
 
+@dataclass(frozen=True)
+class BilledAnswer:
+    """One answer the stand-in billed: when (``time.monotonic()``), for which model, its
+    ``usage``, and whether it was a request of a Message Batch (the provider bills those at
+    a discount; the price is the caller's table, not the stand-in's)."""
+
+    at: float
+    model: str
+    usage: Mapping[str, int]
+    batch: bool
+
+
 class StubServer(ThreadingHTTPServer):
     """The HTTP server, holding the settings and the state shared by handler threads."""
 
@@ -54,6 +67,8 @@ class StubServer(ThreadingHTTPServer):
         # test can tell how many calls of each kind a caller made.
         self.request_count = 0
         self.count_tokens_requests = 0
+        # Every answer billed, in order: the stand-in's invoice.
+        self.billed: list[BilledAnswer] = []
         self.prompt_cache = PromptCache()
         self.batch_state = BatchState()
         # Set by enable_rate_limit (``--rpm-limit``); None = no request limit.
@@ -76,6 +91,10 @@ class StubServer(ThreadingHTTPServer):
     def note_count_tokens_request(self) -> None:
         with self._lock:
             self.count_tokens_requests += 1
+
+    def note_billed(self, model: str, usage: Mapping[str, int], batch: bool) -> None:
+        with self._lock:
+            self.billed.append(BilledAnswer(time.monotonic(), model, dict(usage), batch))
 
 
 def make_server(
