@@ -180,10 +180,10 @@ def resume_backfill(job_id: JobId, caller: Caller, db: Db, settings: Conf,
     """Dispatch a paused job again; `max_cost_usd` gives it a new budget cap (a job paused at
     its cap resumes only with one)."""
     request = body or ResumeRequest()
-    operations.resume(db, _known(job_id), actor=caller.actor, reason=request.reason,
+    operations.resume(db, known_id(job_id), actor=caller.actor, reason=request.reason,
                       workspace_id=caller.workspace_id, settings=settings,
                       max_cost_usd=request.max_cost_usd)
-    return _job(db, settings, job_id, caller)
+    return job_document(db, settings, job_id, caller)
 
 
 @v1.post("/backfills/{job_id}/cancel", response_model=Job, responses=NOT_FOUND | CONFLICT,

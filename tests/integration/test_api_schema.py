@@ -99,7 +99,7 @@ def test_schemathesis_no_5xx_and_responses_conform(base_url: str, db: Database,
     results = list(schema.get_all_operations())
     assert all(isinstance(result, Ok) for result in results), results  # the schema is valid
     operations = [result.ok() for result in results if isinstance(result, Ok)]
-    assert len(operations) == 15  # fourteen /v1 operations and /healthz
+    assert len(operations) == 18  # seventeen /v1 operations and /healthz
     for operation in operations:
         for mode in _modes(operation):
             for fixed in _fixed_paths(operation, fuzz_tenant, job_id):
