@@ -8,7 +8,9 @@ llm-stub` subprocesses, on Postgres from DATABASE_URL when it answers (else embe
 of the bench's own (so its memory figures hold nothing else).
 
 (a) sessions/s of the pipeline with a zero-latency stand-in ÷ tasks/s of a no-op task on
-    the same app, broker, pool and concurrency (both: rate between 10% and 90% done);
+    the same app, broker, pool and concurrency (both: rate between 10% and 90% done); and
+    the worker process's CPU (utime + stime from /proc) per session and per no-op task, over
+    the whole run from "ready." to the last item done;
 (b) with a 500 ms stand-in and concurrency C: achieved ÷ ideal (C / 0.5 s);
 (c) Redis peak used_memory while a 200,000-session job runs, next to a 20,000-session one
     (each sampled for the same time: the dispatch window, not the job, bounds the broker);
@@ -28,6 +30,7 @@ import os
 import platform
 import secrets
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -115,15 +118,23 @@ def base_env(settings: Settings) -> dict[str, str]:
 
 
 @contextmanager
-def started(args: list[str], name: str, env: dict[str, str], marker: str) -> Iterator[None]:
+def started(args: list[str], name: str, env: dict[str, str],
+            marker: str) -> Iterator[subprocess.Popen[bytes]]:
     log_path = LOG_DIR / f"{name}.log"
     log_path.unlink(missing_ok=True)
     process = processes.start(args, log_path, env)
     try:
         processes.wait_for_log(log_path, marker, process, timeout_s=90)
-        yield
+        yield process
     finally:
         processes.stop(process)
+
+
+def process_cpu_s(pid: int) -> float:
+    """utime + stime of one process, in seconds (Linux /proc; fields 14 and 15 of stat)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()  # the command name may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager
@@ -137,26 +148,27 @@ def stub(latency_ms: int, *extra: str) -> Iterator[str]:
 
 @contextmanager
 def workers(stack: Stack, stub_url: str, count: int = 1, app: str = "worker.app",
-            **env: str) -> Iterator[None]:
-    """`count` worker processes of `app`, each with the threads pool at CONCURRENCY."""
+            **env: str) -> Iterator[list[int]]:
+    """`count` worker processes of `app`, each with the threads pool at CONCURRENCY; yields
+    their process ids (the threads pool runs every task in the one process)."""
     environment = stack.env | {"ANTHROPIC_BASE_URL": stub_url,
                                "BACKFILL_WORKER_CONCURRENCY": str(CONCURRENCY)} | env
-    with _workers(environment, count, app):
-        yield
+    with _workers(environment, count, app) as pids:
+        yield pids
 
 
 @contextmanager
-def _workers(env: dict[str, str], count: int, app: str) -> Iterator[None]:
+def _workers(env: dict[str, str], count: int, app: str) -> Iterator[list[int]]:
     if count == 0:
-        yield
+        yield []
         return
     name = f"worker-{secrets.token_hex(3)}"
     args = [sys.executable, "-m", "celery", "-A", app, "worker", "--pool", "threads",
             "--concurrency", str(CONCURRENCY), "--queues", env["BACKFILL_QUEUE"],
             "--loglevel", "INFO", "--without-gossip", "--without-mingle",
             "--hostname", f"{name}@%h"]
-    with started(args, name, env, "ready."), _workers(env, count - 1, app):
-        yield
+    with started(args, name, env, "ready.") as process, _workers(env, count - 1, app) as rest:
+        yield [process.pid, *rest]
 
 
 # --------------------------------------------------------------------------- data
@@ -257,17 +269,33 @@ def pipeline_rate(stack: Stack, workspace_id: str, sessions: int) -> float:
     return rate
 
 
-def figure_a(stack: Stack) -> Figure:
+def cpu_ms_per_item(pid: int, items: int, run: Callable[[], float]) -> tuple[float, float]:
+    """`run`'s rate, and the worker's CPU milliseconds per item over the whole of `run`."""
+    before = process_cpu_s(pid)
+    rate = run()
+    return rate, (process_cpu_s(pid) - before) * 1000 / items
+
+
+def figure_a(stack: Stack) -> list[Figure]:
     with stub(0) as url:
-        with workers(stack, url, app="bench.noop_app"):
-            noop = noop_rate(stack)
+        with workers(stack, url, app="bench.noop_app") as (pid,):
+            noop, noop_cpu = cpu_ms_per_item(pid, NOOP_TASKS, lambda: noop_rate(stack))
         seed_workspace(stack.db, "ws_a", THROUGHPUT_SESSIONS)
-        with workers(stack, url):
-            sessions = pipeline_rate(stack, "ws_a", THROUGHPUT_SESSIONS)
+        with workers(stack, url) as (pid,):
+            sessions, session_cpu = cpu_ms_per_item(
+                pid, THROUGHPUT_SESSIONS,
+                lambda: pipeline_rate(stack, "ws_a", THROUGHPUT_SESSIONS))
     ratio = sessions / noop
-    return Figure("(a) pipeline ÷ no-op task rate", ratio, "≥ 0.5", ratio >= 0.5,
-                  f"{sessions:.0f} sessions/s ÷ {noop:.0f} no-op tasks/s "
-                  f"(threads pool, concurrency {CONCURRENCY}, zero-latency stand-in)")
+    return [
+        Figure("(a) pipeline ÷ no-op task rate", ratio, "≥ 0.5", ratio >= 0.5,
+               f"{sessions:.0f} sessions/s ÷ {noop:.0f} no-op tasks/s "
+               f"(threads pool, concurrency {CONCURRENCY}, zero-latency stand-in)"),
+        Figure("(a) worker CPU ms per session", session_cpu, "(lower is better)", None,
+               f"utime+stime of the worker process ÷ {THROUGHPUT_SESSIONS} sessions"),
+        Figure("(a) worker CPU ms per no-op task", noop_cpu, "(lower is better)", None,
+               f"utime+stime of the worker process ÷ {NOOP_TASKS} no-op tasks; "
+               f"session ÷ no-op = {session_cpu / noop_cpu:.2f}"),
+    ]
 
 
 def figure_b(stack: Stack) -> Figure:
@@ -455,7 +483,7 @@ def print_report(figures: list[Figure], about: dict[str, str]) -> None:
 
 
 STEPS: tuple[tuple[str, Callable[[Stack], list[Figure]]], ...] = (
-    ("a", lambda stack: [figure_a(stack)]),
+    ("a", figure_a),
     ("b", lambda stack: [figure_b(stack)]),
     ("c", lambda stack: [figure_c(stack)]),
     ("d", lambda stack: list(figure_d(stack))),

@@ -551,12 +551,10 @@ def render_transcript(transcript: Sequence[Mapping[str, Any]]) -> str:
     return f"<transcript>\n{body}\n</transcript>"
 
 
-def build_request(
-    cfg: EffectiveConfig, transcript: Sequence[Mapping[str, Any]], max_tokens: int
-) -> dict[str, Any]:
-    """Keyword arguments for `messages.create`: cached static system block, then the
-    transcript as the last block of the only user message.
-    """
+def static_request(cfg: EffectiveConfig, max_tokens: int) -> dict[str, Any]:
+    """Everything of a request that depends on the configuration only: the cached system
+    block, the instruction and the output schema. Built once per configuration (see
+    `shared.pipeline.configure`), never per session; `with_transcript` completes it."""
     if max_tokens < 1:
         raise ValueError("max_tokens must be positive")
     system_block = {
@@ -564,17 +562,32 @@ def build_request(
         "text": system_text(cfg),
         "cache_control": {"type": "ephemeral"},
     }
-    content = [
-        {"type": "text", "text": _USER_INSTRUCTION},
-        {"type": "text", "text": render_transcript(transcript)},
-    ]
     return {
         "model": cfg.model,
         "max_tokens": max_tokens,
         "system": [system_block],
-        "messages": [{"role": "user", "content": content}],
+        "messages": [{"role": "user", "content": [{"type": "text", "text": _USER_INSTRUCTION}]}],
         "output_config": {"format": {"type": "json_schema", "schema": output_schema(cfg)}},
     }
+
+
+def with_transcript(static: Mapping[str, Any],
+                    transcript: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """A `static_request` with the transcript as the last block of the only user message. The
+    static parts are shared with every other session of the configuration, not copied: no
+    caller changes a request (`worker.llm.without_cache_control` works on a deep copy)."""
+    (message,) = static["messages"]
+    content = [*message["content"], {"type": "text", "text": render_transcript(transcript)}]
+    return {**static, "messages": [{"role": "user", "content": content}]}
+
+
+def build_request(
+    cfg: EffectiveConfig, transcript: Sequence[Mapping[str, Any]], max_tokens: int
+) -> dict[str, Any]:
+    """Keyword arguments for `messages.create`: cached static system block, then the
+    transcript as the last block of the only user message.
+    """
+    return with_transcript(static_request(cfg, max_tokens), transcript)
 
 
 # --------------------------------------------------------------------------- answer

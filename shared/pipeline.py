@@ -20,9 +20,11 @@ and in the token and cost counters (`shared.metrics`).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Connection, text
@@ -47,6 +49,9 @@ log = logging.getLogger("backfill.pipeline")
 
 @dataclass(frozen=True)
 class SessionData:
+    """A session as one job's attempt reads it, in one statement: the session, the versions of
+    every agent its configuration may come from, and how the job records its results."""
+
     session_id: str
     kind: str
     workspace_id: str
@@ -54,6 +59,24 @@ class SessionData:
     status: str | None
     transcript: list[dict[str, Any]]
     agent_transfers: list[dict[str, Any]]
+    transfers_json: str
+    """`agent_transfers` as Postgres printed it: with `versions_json`, the key of the
+    configuration cache."""
+    versions_json: str
+    """The agents' versions as Postgres printed them, decoded only when the configuration
+    cache misses (so an edited draft is a new key, and is seen at once)."""
+    job: trials.JobRecording
+
+
+@dataclass(frozen=True)
+class Configured:
+    """What a configuration makes of every session that uses it; built once per distinct
+    configuration in a process (`configure`), not once per session."""
+
+    config: analysis.EffectiveConfig
+    config_hash: str
+    static_request: dict[str, Any]
+    """The request without the transcript (`analysis.with_transcript` completes it)."""
 
 
 @dataclass(frozen=True)
@@ -63,9 +86,16 @@ class Resolved:
 
     claim: Claim
     session: SessionData
-    config: analysis.EffectiveConfig
-    config_hash: str
+    configured: Configured
     recording: trials.Recording
+
+    @property
+    def config(self) -> analysis.EffectiveConfig:
+        return self.configured.config
+
+    @property
+    def config_hash(self) -> str:
+        return self.configured.config_hash
 
 
 @dataclass(frozen=True)
@@ -87,11 +117,31 @@ class Answer:
 # --------------------------------------------------------------------------- load
 
 
-_LOAD_SESSION = text("""
-    SELECT session_id, kind, workspace_id, agent_id, status, transcript, agent_transfers
-      FROM sessions AS s
-     WHERE s.session_id = :session_id
-       AND s.workspace_id = (SELECT workspace_id FROM backfill_jobs WHERE id = :job_id)
+# The agents a session's configuration may come from: its own, then every transfer's target.
+_SESSION_AGENTS = """
+    SELECT s.agent_id
+     UNION
+    SELECT t ->> 'to_agent_id'
+      FROM jsonb_array_elements(CASE jsonb_typeof(s.agent_transfers)
+                                WHEN 'array' THEN s.agent_transfers ELSE '[]' END) AS t
+"""
+
+# One round trip for everything an attempt reads before its request: the session (within the
+# job's workspace), its agents' versions (ordered, so equal versions print equal text) and the
+# job's recording facts.
+_LOAD_SESSION = text(f"""
+    SELECT s.session_id, s.kind, s.workspace_id, s.agent_id, s.status, s.transcript,
+           CAST(coalesce(s.agent_transfers, '[]') AS text) AS transfers_json,
+           {trials.IS_TRIAL_SQL} AS trial, j.promoted_from,
+           (SELECT CAST(coalesce(json_agg(json_build_array(
+                       v.agent_id, v.version, v.is_published, v.kind, v.analysis_model,
+                       v.analysis_data) ORDER BY v.agent_id, v.version), '[]') AS text)
+              FROM agent_versions AS v
+             WHERE v.workspace_id = s.workspace_id
+               AND v.agent_id IN ({_SESSION_AGENTS})) AS versions_json
+      FROM backfill_jobs AS j
+      JOIN sessions AS s ON s.workspace_id = j.workspace_id AND s.session_id = :session_id
+     WHERE j.id = :job_id
 """)
 
 _LOAD_VERSIONS = text("""
@@ -106,10 +156,13 @@ def load_session(tx: Connection, job_id: str, session_id: str) -> SessionData | 
     row = tx.execute(_LOAD_SESSION, {"session_id": session_id, "job_id": job_id}).one_or_none()
     if row is None:
         return None
+    transfers = json.loads(row.transfers_json)
     return SessionData(
         session_id=row.session_id, kind=row.kind, workspace_id=row.workspace_id,
         agent_id=row.agent_id, status=row.status, transcript=list(row.transcript or []),
-        agent_transfers=list(row.agent_transfers or []),
+        agent_transfers=transfers if isinstance(transfers, list) else [],
+        transfers_json=row.transfers_json, versions_json=row.versions_json,
+        job=trials.JobRecording(trial=row.trial, promoted_from=row.promoted_from),
     )
 
 
@@ -156,17 +209,33 @@ def load_or_skip(tx: Connection, claim: Claim) -> SessionData | None:
 # --------------------------------------------------------------------------- resolve, request
 
 
-def resolve_config(tx: Connection, settings: Settings,
-                   session: SessionData) -> analysis.EffectiveConfig:
-    """The latest draft configuration, following the session's transfers."""
-    agent_ids = [session.agent_id] + [
-        str(t.get("to_agent_id")) for t in session.agent_transfers if t.get("to_agent_id")
-    ]
-    versions = load_agent_versions(tx, session.workspace_id, agent_ids)
-    return analysis.resolve_config(
-        session.kind, session.agent_id, session.agent_transfers, versions,
-        settings.default_model,
-    )
+def configure(settings: Settings, session: SessionData) -> Configured:
+    """The latest draft configuration, following the session's transfers, with its hash and
+    request; raises AnalysisConfigMissing when it cannot be used."""
+    return _configured(session.kind, session.agent_id, session.transfers_json,
+                       session.versions_json, settings.default_model, settings.llm_max_tokens)
+
+
+@lru_cache(maxsize=256)
+def _configured(kind: str, agent_id: str, transfers_json: str, versions_json: str,
+                default_model: str, max_tokens: int) -> Configured:
+    """Keyed by everything the configuration is made of, so a hit is exactly what resolving
+    again would build (a failure is not cached: it raises each time)."""
+    transfers = json.loads(transfers_json)
+    config = analysis.resolve_config(
+        kind, agent_id, transfers if isinstance(transfers, list) else [],
+        _decode_versions(versions_json), default_model)
+    return Configured(config, analysis.config_hash(config),
+                      analysis.static_request(config, max_tokens))
+
+
+def _decode_versions(versions_json: str) -> dict[str, list[analysis.AgentVersionInfo]]:
+    versions: dict[str, list[analysis.AgentVersionInfo]] = {}
+    for agent_id, version, is_published, kind, model, fields in json.loads(versions_json):
+        versions.setdefault(agent_id, []).append(analysis.AgentVersionInfo(
+            agent_id=agent_id, version=version, is_published=is_published, kind=kind,
+            model=model, fields=list(fields or [])))
+    return versions
 
 
 def resolve(tx: Connection, settings: Settings, claim: Claim,
@@ -174,12 +243,12 @@ def resolve(tx: Connection, settings: Settings, claim: Claim,
     """The item with its configuration, or the outcome of a configuration that cannot be
     used (config_missing: failed at once)."""
     try:
-        config = resolve_config(tx, settings, session)
+        configured = configure(settings, session)
     except AnalysisError as exc:
         return record_failure(tx, settings, claim, exc)
-    config_hash = analysis.config_hash(config)
-    recording = trials.recording_for(tx, claim.job_id, session.session_id, config_hash)
-    return Resolved(claim, session, config, config_hash, recording)
+    recording = trials.recording_for(tx, session.job, session.session_id,
+                                     configured.config_hash)
+    return Resolved(claim, session, configured, recording)
 
 
 def prepare(tx: Connection, settings: Settings, claim: Claim) -> Prepared | Outcome:
@@ -194,8 +263,7 @@ def prepare(tx: Connection, settings: Settings, claim: Claim) -> Prepared | Outc
         return resolved
     if resolved.recording.reusable is not None:
         return record_reused(tx, resolved, resolved.recording.reusable)
-    request = analysis.build_request(resolved.config, session.transcript,
-                                     settings.llm_max_tokens)
+    request = analysis.with_transcript(resolved.configured.static_request, session.transcript)
     return Prepared(resolved, request)
 
 

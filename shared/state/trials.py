@@ -44,6 +44,15 @@ class TrialRun:
 
 
 @dataclass(frozen=True)
+class JobRecording:
+    """What of a job decides how its results are recorded, read with the session it
+    analyses (`shared.pipeline.load_session`, by `IS_TRIAL_SQL`)."""
+
+    trial: bool
+    promoted_from: str | None
+
+
+@dataclass(frozen=True)
 class Recording:
     """How a job's result for one session is written."""
 
@@ -54,27 +63,28 @@ class Recording:
     analysed this session with the same configuration)."""
 
 
-_RECORDING = text(f"""
-    SELECT {IS_TRIAL_SQL} AS trial, t.id AS run_id, t.result, t.field_types, t.agent_id,
-           t.agent_version, t.used_draft, t.model, t.requested_model, t.started_at
-      FROM backfill_jobs AS j
-      LEFT JOIN analysis_runs AS t
-             ON t.job_id = j.promoted_from AND t.session_id = :session_id
-            AND NOT t.applied AND t.config_hash = :config_hash
-     WHERE j.id = :job_id
+_REUSABLE = text("""
+    SELECT t.id AS run_id, t.result, t.field_types, t.agent_id, t.agent_version,
+           t.used_draft, t.model, t.requested_model, t.started_at
+      FROM analysis_runs AS t
+     WHERE t.job_id = :trial_id AND t.session_id = :session_id
+       AND NOT t.applied AND t.config_hash = :config_hash
 """)
 
 
-def recording_for(tx: Connection, job_id: str, session_id: str, config_hash: str) -> Recording:
+def recording_for(tx: Connection, job: JobRecording, session_id: str,
+                  config_hash: str) -> Recording:
     """Whether the job applies its results, and the trial result it may reuse for this
-    session with this configuration."""
-    row = tx.execute(_RECORDING, {"job_id": job_id, "session_id": session_id,
-                                  "config_hash": config_hash}).one()
-    reusable = None if row.run_id is None else TrialRun(
+    session with this configuration (looked up only for a job promoted from a trial)."""
+    if job.promoted_from is None:
+        return Recording(apply=not job.trial, reusable=None)
+    row = tx.execute(_REUSABLE, {"trial_id": job.promoted_from, "session_id": session_id,
+                                 "config_hash": config_hash}).one_or_none()
+    reusable = None if row is None else TrialRun(
         run_id=row.run_id, result=row.result, field_types=row.field_types or {},
         agent_id=row.agent_id, agent_version=row.agent_version, used_draft=row.used_draft,
         model=row.model, requested_model=row.requested_model, started_at=row.started_at)
-    return Recording(apply=not row.trial, reusable=reusable)
+    return Recording(apply=not job.trial, reusable=reusable)
 
 
 # --------------------------------------------------------------------------- promotion
