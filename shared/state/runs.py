@@ -35,33 +35,54 @@ CURRENT_ANALYSIS = """jsonb_build_object(
     s.kind || '_summary', s.summary, s.kind || '_successful', s.successful,
     'user_sentiment', s.user_sentiment, 'custom_analysis_data', s.custom_analysis_data)"""
 
-_LOCK_CURRENT = text(f"""
-    SELECT {CURRENT_ANALYSIS} AS analysis, s.analysis_run_id
-      FROM sessions AS s WHERE s.session_id = :session_id
-       FOR UPDATE
-""")
-
-_INSERT_RUN = text("""
-    INSERT INTO analysis_runs (
-        session_id, job_id, workspace_id, agent_id, agent_version, used_draft, model,
-        requested_model, config_hash, result, input_tokens, output_tokens, cache_read_tokens,
-        cache_write_tokens, latency_ms, started_at, before, before_run_id, field_types, applied)
-    VALUES (
-        :session_id, :job_id, :workspace_id, :agent_id, :agent_version, :used_draft, :model,
-        :requested_model, :config_hash, CAST(:result AS jsonb), :input_tokens, :output_tokens,
-        :cache_read_tokens, :cache_write_tokens, :latency_ms, :started_at,
-        CAST(:before AS jsonb), :before_run_id, CAST(:field_types AS jsonb), :applied)
-    ON CONFLICT (job_id, session_id) WHERE job_id IS NOT NULL DO NOTHING
-    RETURNING id
-""")
-
-_APPLY_TO_SESSION = text("""
-    UPDATE sessions
-       SET summary = :summary, successful = :successful, user_sentiment = :user_sentiment,
-           custom_analysis_data = CAST(:custom AS jsonb),
-           analysis_run_id = :run_id, analysis_started_at = :started_at
-     WHERE session_id = :session_id
-       AND (analysis_started_at IS NULL OR analysis_started_at <= :started_at)
+# The whole success write in one statement (one round trip per session): the session row is
+# locked first (`current`, FOR UPDATE: the order of every success write, and the before is
+# exactly what this write replaces); the item is finished only by the current claim (fenced on
+# the attempt); the run row is inserted only when the item was ours, with the unique index as
+# the one-success guard; the session is updated only from that run, with the no-lost-update
+# guard. Each step reads the one before it, so PostgreSQL runs them in this order.
+_RECORD_SUCCESS = text(f"""
+    WITH current AS (
+        SELECT {CURRENT_ANALYSIS} AS analysis, s.analysis_run_id
+          FROM sessions AS s WHERE s.session_id = :session_id
+           FOR UPDATE
+    ), finished AS (
+        UPDATE backfill_items AS i
+           SET state = 'succeeded', error_kind = NULL, error = NULL,
+               finished_at = clock_timestamp(), lease_expires_at = NULL
+          FROM current
+         WHERE i.job_id = :job_id AND i.session_id = :session_id
+           AND i.state = 'running' AND i.attempts = :attempt
+     RETURNING 1
+    ), run AS (
+        INSERT INTO analysis_runs (
+            session_id, job_id, workspace_id, agent_id, agent_version, used_draft, model,
+            requested_model, config_hash, result, input_tokens, output_tokens,
+            cache_read_tokens, cache_write_tokens, latency_ms, started_at, before,
+            before_run_id, field_types, applied)
+        SELECT CAST(:session_id AS text), CAST(:job_id AS text), CAST(:workspace_id AS text),
+               CAST(:agent_id AS text), CAST(:agent_version AS integer),
+               CAST(:used_draft AS boolean), CAST(:model AS text),
+               CAST(:requested_model AS text), CAST(:config_hash AS text),
+               CAST(:result AS jsonb), CAST(:input_tokens AS integer),
+               CAST(:output_tokens AS integer), CAST(:cache_read_tokens AS integer),
+               CAST(:cache_write_tokens AS integer), CAST(:latency_ms AS integer),
+               CAST(:started_at AS timestamptz), c.analysis, c.analysis_run_id,
+               CAST(:field_types AS jsonb), CAST(:applied AS boolean)
+          FROM current AS c, finished
+        ON CONFLICT (job_id, session_id) WHERE job_id IS NOT NULL DO NOTHING
+     RETURNING id
+    ), applied AS (
+        UPDATE sessions AS s
+           SET summary = :summary, successful = :successful, user_sentiment = :user_sentiment,
+               custom_analysis_data = CAST(:custom AS jsonb),
+               analysis_run_id = run.id, analysis_started_at = :started_at
+          FROM run
+         WHERE s.session_id = :session_id AND CAST(:applied AS boolean)
+           AND (s.analysis_started_at IS NULL OR s.analysis_started_at <= :started_at)
+    )
+    SELECT EXISTS (SELECT FROM current) AS found, EXISTS (SELECT FROM finished) AS finished,
+           (SELECT id FROM run) AS run_id
 """)
 
 
@@ -78,15 +99,6 @@ class Provenance:
     config_hash: str
     field_types: dict[str, str]
     """Custom field name -> type in that configuration (the change report's field types)."""
-
-
-@dataclass(frozen=True)
-class Before:
-    """The session's analysis a run found, and the run that had written it (None: the
-    imported one)."""
-
-    document: dict[str, Any]
-    run_id: int | None
 
 
 @dataclass(frozen=True)
@@ -119,57 +131,30 @@ def record_success(tx: Connection, claim: Claim, provenance: Provenance, analysi
     started, the claim's start unless the result was made earlier (a promoted job reusing its
     trial's result keeps the trial's time, so a run that started later still wins).
     """
-    # The session is locked before the item is finished: the order of every success write.
-    before = _lock_current(tx, claim.session_id)
-    if before is None:
+    started = started_at or claim.started_at
+    row = tx.execute(_RECORD_SUCCESS, _success_params(
+        claim, provenance, analysis, billing, apply=apply, started_at=started)).one()
+    if not row.found:
         return "skipped" if items.finish(tx, claim, "skipped", error=SKIP_DELETED) \
             else "superseded"
-    if not items.finish(tx, claim, "succeeded"):
+    if not row.finished:
         return "superseded"
-    started = started_at or claim.started_at
-    run_id = _insert_run(tx, claim, provenance, analysis, billing,
-                         _Written(before, apply, started))
-    if run_id is None:
-        return "duplicate"
-    if apply:
-        _apply_to_session(tx, claim.session_id, run_id, started, analysis)
-    return "succeeded"
+    return "succeeded" if row.run_id is not None else "duplicate"
 
 
-def _lock_current(tx: Connection, session_id: str) -> Before | None:
-    row = tx.execute(_LOCK_CURRENT, {"session_id": session_id}).one_or_none()
-    return None if row is None else Before(row.analysis, row.analysis_run_id)
-
-
-@dataclass(frozen=True)
-class _Written:
-    before: Before
-    applied: bool
-    started_at: datetime
-
-
-def _insert_run(tx: Connection, claim: Claim, provenance: Provenance, analysis: Analysis,
-                billing: Billing, written: _Written) -> int | None:
+def _success_params(claim: Claim, provenance: Provenance, analysis: Analysis,
+                    billing: Billing, *, apply: bool, started_at: datetime) -> dict[str, Any]:
     tokens = billing.tokens
-    row = tx.execute(_INSERT_RUN, {
-        "session_id": claim.session_id, "job_id": claim.job_id,
+    return {
+        "session_id": claim.session_id, "job_id": claim.job_id, "attempt": claim.attempt,
         "workspace_id": provenance.workspace_id, "agent_id": provenance.agent_id,
         "agent_version": provenance.agent_version, "used_draft": provenance.used_draft,
         "model": provenance.model, "requested_model": provenance.requested_model,
         "config_hash": provenance.config_hash, "result": json.dumps(analysis.document),
         "input_tokens": tokens.input, "output_tokens": tokens.output,
         "cache_read_tokens": tokens.cache_read, "cache_write_tokens": tokens.cache_write,
-        "latency_ms": billing.latency_ms, "started_at": written.started_at,
-        "before": json.dumps(written.before.document), "before_run_id": written.before.run_id,
-        "field_types": json.dumps(provenance.field_types), "applied": written.applied,
-    }).one_or_none()
-    return None if row is None else int(row.id)
-
-
-def _apply_to_session(tx: Connection, session_id: str, run_id: int, started_at: datetime,
-                      analysis: Analysis) -> None:
-    tx.execute(_APPLY_TO_SESSION, {
-        "session_id": session_id, "summary": analysis.summary,
-        "successful": analysis.successful, "user_sentiment": analysis.user_sentiment,
-        "custom": json.dumps(analysis.custom), "run_id": run_id, "started_at": started_at,
-    })
+        "latency_ms": billing.latency_ms, "started_at": started_at,
+        "field_types": json.dumps(provenance.field_types), "applied": apply,
+        "summary": analysis.summary, "successful": analysis.successful,
+        "user_sentiment": analysis.user_sentiment, "custom": json.dumps(analysis.custom),
+    }
