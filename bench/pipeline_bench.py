@@ -8,9 +8,10 @@ llm-stub` subprocesses, on Postgres from DATABASE_URL when it answers (else embe
 of the bench's own (so its memory figures hold nothing else).
 
 (a) sessions/s of the pipeline with a zero-latency stand-in ÷ tasks/s of a no-op task on
-    the same app, broker, pool and concurrency (both: rate between 10% and 90% done); and
-    the worker process's CPU (utime + stime from /proc) per session and per no-op task, over
-    the whole run from "ready." to the last item done;
+    the same app, broker, pool and concurrency (each: rate between 10% and 90% done); the
+    same for a task that makes only the session's SDK call (the pipeline's ceiling); and
+    the worker process's CPU (utime + stime from /proc) per session, per SDK-call task and
+    per no-op task, with the cores the worker, the stand-in and the whole machine kept busy;
 (b) with a 500 ms stand-in and concurrency C: achieved ÷ ideal (C / 0.5 s);
 (c) Redis peak used_memory while a 200,000-session job runs, next to a 20,000-session one
     (each sampled for the same time: the dispatch window, not the job, bounds the broker);
@@ -45,7 +46,7 @@ from typing import Any
 import redis
 from sqlalchemy import text
 
-from bench.noop_names import DONE_KEY, NOOP
+from bench.noop_names import AGENT_FIELDS, DONE_KEY, NOOP, SDK_CALL
 from chaos.cluster import scratch_database
 from scheduler.dev import processes
 from scheduler.dev.embedded import start_embedded_postgres, start_embedded_redis, stop_embedded
@@ -72,7 +73,6 @@ RL_LIMIT = 100
 RL_WINDOW_S = 10.0
 RL_RUN_S = 25.0 if QUICK else 45.0
 CACHE_SESSIONS = 20 if QUICK else 40
-AGENT_FIELDS = [{"type": "boolean", "name": "resolved", "description": "Was it resolved?"}]
 
 
 @dataclass(frozen=True)
@@ -137,13 +137,52 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy_s() -> float:
+    """CPU seconds all cores spent not idle since boot (the first line of /proc/stat)."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle and iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class CpuUse:
+    """CPU seconds over one measured run: the worker, the stand-in and the whole machine."""
+
+    wall_s: float
+    worker_s: float
+    stub_s: float
+    machine_s: float
+
+    def cores(self) -> str:
+        return (f"cores busy: worker {self.worker_s / self.wall_s:.2f}, stand-in "
+                f"{self.stub_s / self.wall_s:.2f}, machine {self.machine_s / self.wall_s:.2f} "
+                f"of {os.cpu_count()}")
+
+
+def measured(worker_pid: int, stub_pid: int, run: Callable[[], float]) -> tuple[float, CpuUse]:
+    """`run`'s rate, and the CPU the worker, the stand-in and the machine spent over it."""
+    pids = (worker_pid, stub_pid)
+    before = [process_cpu_s(pid) for pid in pids] + [machine_busy_s(), time.monotonic()]
+    rate = run()
+    after = [process_cpu_s(pid) for pid in pids] + [machine_busy_s(), time.monotonic()]
+    worker, stand_in, busy, wall = (end - start for end, start in zip(after, before, strict=True))
+    return rate, CpuUse(wall, worker, stand_in, busy)
+
+
 @contextmanager
-def stub(latency_ms: int, *extra: str) -> Iterator[str]:
+def stub_process(latency_ms: int, *extra: str) -> Iterator[tuple[str, int]]:
+    """The stand-in's URL and process id."""
     port = free_port()
     args = processes.backfill_command("llm-stub", "--port", str(port), "--latency-ms",
                                       str(latency_ms), *extra)
-    with started(args, f"stub-{port}", {}, "listening"):
-        yield f"http://127.0.0.1:{port}"
+    with started(args, f"stub-{port}", {}, "listening") as process:
+        yield f"http://127.0.0.1:{port}", process.pid
+
+
+@contextmanager
+def stub(latency_ms: int, *extra: str) -> Iterator[str]:
+    with stub_process(latency_ms, *extra) as (url, _):
+        yield url
 
 
 @contextmanager
@@ -243,19 +282,20 @@ def wait_until_done(total: int, progress: Callable[[], int], timeout_s: float = 
         time.sleep(0.1)
 
 
-def noop_rate(stack: Stack) -> float:
+def task_rate(stack: Stack, task: str, count: int) -> float:
+    """Tasks/s of `count` baseline tasks (`bench.noop_app`) sent to the queue at once."""
     stack.redis.delete(DONE_KEY)
     celery = make_celery(stack.settings)
     sender = threading.Thread(target=lambda: [
-        celery.send_task(NOOP, queue=stack.settings.queue_name) for _ in range(NOOP_TASKS)])
+        celery.send_task(task, queue=stack.settings.queue_name) for _ in range(count)])
     sender.start()
     def done() -> int:
         return int(stack.redis.get(DONE_KEY) or 0)
 
-    rate = steady_rate(NOOP_TASKS, done)
+    rate = steady_rate(count, done)
     sender.join()
-    # Run the last tenth too: a no-op left in the queue would reach the next figure's worker.
-    wait_until_done(NOOP_TASKS, done)
+    # Run the last tenth too: a task left in the queue would reach the next figure's worker.
+    wait_until_done(count, done)
     celery.close()
     return rate
 
@@ -269,32 +309,37 @@ def pipeline_rate(stack: Stack, workspace_id: str, sessions: int) -> float:
     return rate
 
 
-def cpu_ms_per_item(pid: int, items: int, run: Callable[[], float]) -> tuple[float, float]:
-    """`run`'s rate, and the worker's CPU milliseconds per item over the whole of `run`."""
-    before = process_cpu_s(pid)
-    rate = run()
-    return rate, (process_cpu_s(pid) - before) * 1000 / items
-
-
 def figure_a(stack: Stack) -> list[Figure]:
-    with stub(0) as url:
+    tasks = NOOP_TASKS
+    seed_workspace(stack.db, "ws_a", THROUGHPUT_SESSIONS)
+    with stub_process(0) as (url, stub_pid):
         with workers(stack, url, app="bench.noop_app") as (pid,):
-            noop, noop_cpu = cpu_ms_per_item(pid, NOOP_TASKS, lambda: noop_rate(stack))
-        seed_workspace(stack.db, "ws_a", THROUGHPUT_SESSIONS)
+            noop, noop_cpu = measured(pid, stub_pid, lambda: task_rate(stack, NOOP, tasks))
+            call, call_cpu = measured(
+                pid, stub_pid, lambda: task_rate(stack, SDK_CALL, THROUGHPUT_SESSIONS))
         with workers(stack, url) as (pid,):
-            sessions, session_cpu = cpu_ms_per_item(
-                pid, THROUGHPUT_SESSIONS,
-                lambda: pipeline_rate(stack, "ws_a", THROUGHPUT_SESSIONS))
-    ratio = sessions / noop
+            sessions, session_cpu = measured(
+                pid, stub_pid, lambda: pipeline_rate(stack, "ws_a", THROUGHPUT_SESSIONS))
+    ratio, ceiling = sessions / noop, call / noop
+    noop_ms = noop_cpu.worker_s * 1000 / tasks
+    call_ms = call_cpu.worker_s * 1000 / THROUGHPUT_SESSIONS
+    session_ms = session_cpu.worker_s * 1000 / THROUGHPUT_SESSIONS
+    where = f"threads pool, concurrency {CONCURRENCY}, zero-latency stand-in"
     return [
         Figure("(a) pipeline ÷ no-op task rate", ratio, "≥ 0.5", ratio >= 0.5,
-               f"{sessions:.0f} sessions/s ÷ {noop:.0f} no-op tasks/s "
-               f"(threads pool, concurrency {CONCURRENCY}, zero-latency stand-in)"),
-        Figure("(a) worker CPU ms per session", session_cpu, "(lower is better)", None,
+               f"{sessions:.0f} sessions/s ÷ {noop:.0f} no-op tasks/s ({where}); "
+               f"{session_cpu.cores()}"),
+        Figure("(a) SDK-call task ÷ no-op task rate", ceiling, "(pipeline's ceiling)", None,
+               f"{call:.0f} SDK-call tasks/s ÷ {noop:.0f} no-op tasks/s; pipeline ÷ SDK call "
+               f"= {sessions / call:.2f}; {call_cpu.cores()}"),
+        Figure("(a) worker CPU ms per session", session_ms, "(lower is better)", None,
                f"utime+stime of the worker process ÷ {THROUGHPUT_SESSIONS} sessions"),
-        Figure("(a) worker CPU ms per no-op task", noop_cpu, "(lower is better)", None,
-               f"utime+stime of the worker process ÷ {NOOP_TASKS} no-op tasks; "
-               f"session ÷ no-op = {session_cpu / noop_cpu:.2f}"),
+        Figure("(a) worker CPU ms per SDK-call task", call_ms, "(lower is better)", None,
+               f"÷ {THROUGHPUT_SESSIONS} tasks; session − SDK call = "
+               f"{session_ms - call_ms:.2f} ms (claim, load, parse, write, events)"),
+        Figure("(a) worker CPU ms per no-op task", noop_ms, "(lower is better)", None,
+               f"÷ {tasks} no-op tasks; session ÷ no-op = {session_ms / noop_ms:.2f}; "
+               f"{noop_cpu.cores()}"),
     ]
 
 
