@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import os
 import secrets
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from scheduler.dev.embedded import start_embedded_postgres, start_embedded_redis, stop_embedded
 from scheduler.jobs import estimates, operations, planner
 from shared.db import database_reachable, normalise_database_url
-from shared.state import budget
 from tests.support import spend
 from tests.support.spend import SpendRun
 
@@ -101,23 +99,8 @@ def cap_figures(run: SpendRun) -> list[Figure]:
     billed_from = len(run.stub.billed)
     job_id = operations.create_job(run.db, run.settings, workspace_id, "call", rows,
                                    actor="os:bench", options={"max_cost_usd": cap}).job_id
-    held: list[float] = []
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            with run.db.transaction() as tx:
-                state = budget.spend_of(tx, [job_id])[job_id]
-            held.append(float(state.spent_usd + state.reserved_usd))
-            stop.wait(0.01)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        job = run.wait_for(job_id, ["paused", "completed"], timeout_s=900)
-    finally:
-        stop.set()
-        sampler.join(5)
+    job, held = run.wait_sampling_held(job_id, ["paused", "completed"], timeout_s=900,
+                                       every_s=0.01)
     billed = spend.billed_usd(run.settings, run.stub.billed[billed_from:])
     detail = (f"cap ${cap:.4f}, billed ${billed:.4f}, {job['counts']['succeeded']} of "
               f"{CAP_SESSIONS} sessions, state {job['state']} "

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from test_webhooks_support import open_scratch, start_faulty_stub
 
 from scheduler.dev import processes
 from scheduler.dev.llm_stub import StubServer, make_server
@@ -104,3 +105,28 @@ def worker_context(settings: Settings, db: Database) -> Iterator[WorkerContext]:
     (and its rate limiter's Redis connection) is closed afterwards."""
     with llm.make_caller(settings) as caller:
         yield WorkerContext(settings, db, caller)
+
+
+# --------------------------------------------------------------------------- observed runs
+# The log, metric and webhook tests run their stacks (`test_webhooks_support.Stack`) on a
+# database of the module's own, some over a stand-in that fails chosen sessions at once.
+
+
+@pytest.fixture(scope="module")
+def scratch_url(database_url: str) -> Iterator[str]:
+    yield from open_scratch(database_url)
+
+
+@pytest.fixture(scope="module")
+def scratch_db(scratch_url: str) -> Iterator[Database]:
+    database = Database.from_settings(Settings(database_url=scratch_url), pool_size=3)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture(scope="module")
+def faulty_stub_url() -> Iterator[str]:
+    server, url = start_faulty_stub()
+    yield url
+    server.shutdown()
+    server.server_close()

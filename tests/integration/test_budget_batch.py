@@ -6,14 +6,12 @@ priced as the provider bills batches, stays within 5% of the cap."""
 from __future__ import annotations
 
 import secrets
-import threading
 from collections.abc import Iterator
 
 import pytest
 
 from scheduler.dev.llm_stub import batches as stub_batches
 from scheduler.jobs import estimates, operations
-from shared.state import budget
 from tests.integration.conftest import LOG_DIR
 from tests.support import spend
 from tests.support.spend import SpendRun
@@ -43,23 +41,8 @@ def test_a_batch_job_pauses_at_its_cap(run: SpendRun) -> None:
     job_id = operations.create_job(run.db, run.settings, workspace_id, "call", rows,
                                    actor="os:test", options={"max_cost_usd": cap},
                                    mode="batch").job_id
-    held: list[float] = []
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            with run.db.transaction() as tx:
-                state = budget.spend_of(tx, [job_id])[job_id]
-            held.append(float(state.spent_usd + state.reserved_usd))
-            stop.wait(0.02)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        job = run.wait_for(job_id, ["paused", "completed"], timeout_s=120)
-    finally:
-        stop.set()
-        sampler.join(5)
+    job, held = run.wait_sampling_held(job_id, ["paused", "completed"], timeout_s=120,
+                                       every_s=0.02)
     assert job["state"] == "paused" and job["pause_reason"] == "budget_exhausted"
     assert 0.25 * SESSIONS < job["counts"]["succeeded"] < 0.5 * SESSIONS
     answers = run.stub.billed

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +21,7 @@ from test_webhooks_support import (
     Receiver,
     Seeded,
     Stack,
-    open_scratch,
     seed_workspace,
-    start_faulty_stub,
     wait_for_job,
     wait_until,
 )
@@ -32,7 +29,6 @@ from test_webhooks_support import (
 from scheduler.dev.processes import free_port
 from scheduler.jobs import keys
 from shared.db import Database
-from shared.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -42,26 +38,6 @@ SESSION_FIELDS = ("job_id", "session_id", "outcome", "error_kind", "attempt", "m
 # Printed by Celery's SIGTERM handler itself, where logging is not safe: the one line of a run
 # that is not ours to format (docs/runbook.md says so).
 CELERY_SHUTDOWN_NOTICE = "worker: Warm shutdown (MainProcess)"
-
-
-@pytest.fixture(scope="module")
-def faulty_stub_url() -> Iterator[str]:
-    server, url = start_faulty_stub()
-    yield url
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.fixture(scope="module")
-def scratch_url(database_url: str) -> Iterator[str]:
-    yield from open_scratch(database_url)
-
-
-@pytest.fixture(scope="module")
-def scratch_db(scratch_url: str) -> Iterator[Database]:
-    database = Database.from_settings(Settings(database_url=scratch_url), pool_size=2)
-    yield database
-    database.dispose()
 
 
 def read_lines(path: Path) -> list[str]:

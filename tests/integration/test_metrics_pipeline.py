@@ -12,10 +12,8 @@ from test_webhooks_support import (
     Samples,
     Stack,
     job_document,
-    open_scratch,
     scrape,
     seed_workspace,
-    start_faulty_stub,
     total,
     wait_for_job,
     wait_until,
@@ -30,26 +28,6 @@ pytestmark = pytest.mark.integration
 
 MODEL = "claude-haiku-4-5"
 ID_LABELS = {"job_id", "session_id", "workspace_id", "webhook_id", "event_id"}
-
-
-@pytest.fixture(scope="module")
-def faulty_stub_url() -> Iterator[str]:
-    server, url = start_faulty_stub()
-    yield url
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.fixture(scope="module")
-def scratch_url(database_url: str) -> Iterator[str]:
-    yield from open_scratch(database_url)
-
-
-@pytest.fixture(scope="module")
-def scratch_db(scratch_url: str) -> Iterator[Database]:
-    database = Database.from_settings(Settings(database_url=scratch_url), pool_size=2)
-    yield database
-    database.dispose()
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ from test_webhooks_support import (
     Receiver,
     Stack,
     job_document,
-    open_scratch,
     seed_workspace,
     wait_for_job,
     wait_until,
@@ -36,18 +35,6 @@ pytestmark = pytest.mark.integration
 
 # Short only here: a timeout of 1.5 s (10 s by default) and retries after the 1 s floor.
 FAST = {"BACKFILL_WEBHOOK_TIMEOUT_S": "1.5", "BACKFILL_WEBHOOK_RETRY_BASE_S": "0.1"}
-
-
-@pytest.fixture(scope="module")
-def scratch_url(database_url: str) -> Iterator[str]:
-    yield from open_scratch(database_url)
-
-
-@pytest.fixture(scope="module")
-def scratch_db(scratch_url: str) -> Iterator[Database]:
-    database = Database.from_settings(Settings(database_url=scratch_url), pool_size=3)
-    yield database
-    database.dispose()
 
 
 @pytest.fixture

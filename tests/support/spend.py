@@ -31,6 +31,7 @@ from scheduler.jobs import documents
 from shared.db import Database
 from shared.pricing import Tokens, cost_usd
 from shared.settings import Settings
+from shared.state import budget
 
 HAIKU = "claude-haiku-4-5"
 SONNET = "claude-sonnet-4-5"
@@ -237,6 +238,29 @@ class SpendRun:
             time.sleep(0.1)
         raise AssertionError(f"job {job_id} not {'/'.join(states)} within {timeout_s:.0f}s: "
                              f"{self.job(job_id)['counts']}")
+
+    def wait_sampling_held(self, job_id: str, states: Sequence[str], timeout_s: float,
+                           every_s: float) -> tuple[dict[str, Any], list[float]]:
+        """`wait_for`, and what the job held (spent + reserved, as `budget.spend_of` reads
+        it) sampled every `every_s` while it ran: the cap's invariant is on every sample."""
+        held: list[float] = []
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                with self.db.transaction() as tx:
+                    state = budget.spend_of(tx, [job_id])[job_id]
+                held.append(float(state.spent_usd + state.reserved_usd))
+                stop.wait(every_s)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            job = self.wait_for(job_id, states, timeout_s)
+        finally:
+            stop.set()
+            sampler.join(5)
+        return job, held
 
     def stop(self) -> None:
         for process in [self.scheduler, *self.workers]:

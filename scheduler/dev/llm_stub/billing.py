@@ -25,6 +25,9 @@ CACHE_TTL_SECONDS = 300.0
 
 # The provider's rule: a marked prefix shorter than this many tokens is not cached (it is
 # billed as plain input and nothing is written). Keys are model ids without a date suffix.
+# Written out here, not read from `shared.settings.cache_min_tokens`: the stand-in plays the
+# provider, so a wrong figure in our settings shows as a wrong estimate in the tests instead
+# of agreeing with itself.
 MIN_CACHEABLE_PREFIX_TOKENS: Mapping[str, int] = MappingProxyType({
     "claude-haiku-4-5": 4096,
     "claude-opus-4-5": 4096,
