@@ -20,11 +20,13 @@ from typing import Any
 import redis
 
 from bench.noop_names import AGENT_FIELDS, DONE_KEY, NOOP, SDK_CALL, bench_transcript
-from shared import analysis
+from shared import analysis, errors
 from shared.broker import redis_client_url
 from shared.settings import get_settings
 from worker.app import app
 from worker.llm import Caller, make_caller
+
+SDK_CALL_TRIES = 3
 
 _client: redis.Redis | None = None
 _lock = threading.Lock()
@@ -60,7 +62,15 @@ def _request() -> dict[str, Any]:
 
 @app.task(name=SDK_CALL, ignore_result=True, acks_late=True)
 def sdk_call() -> None:
-    _caller().complete(_request())
+    for attempt in range(1, SDK_CALL_TRIES + 1):
+        try:
+            _caller().complete(_request())
+            break
+        except errors.TransientAnalysisError:
+            # The pipeline retries these too (`shared.retry`); a lost task would stall the
+            # bench's count instead.
+            if attempt == SDK_CALL_TRIES:
+                raise
     _redis().incr(DONE_KEY)
 
 

@@ -58,6 +58,10 @@ class StubServer(ThreadingHTTPServer):
     """The HTTP server, holding the settings and the state shared by handler threads."""
 
     daemon_threads = True
+    # socketserver's default backlog is 5: 32 worker threads opening their pooled connections
+    # at once overflowed it, and a SYN-cookie handshake that then failed reset a connection
+    # mid-request. The provider's servers take every connection; so does the stand-in.
+    request_queue_size = socket.SOMAXCONN
 
     def __init__(self, address: tuple[str, int], latency_ms: int, faults: FaultConfig) -> None:
         super().__init__(address, _Handler)
