@@ -13,31 +13,25 @@ the ceiling of the pipeline's: the pipeline ÷ no-op ratio cannot pass SDK call 
 
 from __future__ import annotations
 
-import threading
 from functools import cache
 from typing import Any
 
 import redis
 
-from bench.noop_names import AGENT_FIELDS, DONE_KEY, NOOP, SDK_CALL, bench_transcript
-from shared import analysis, errors
+from bench.noop_names import AGENT_FIELDS, DONE_KEY, NOOP, SDK_CALL
+from shared import analysis
 from shared.broker import redis_client_url
 from shared.settings import get_settings
 from worker.app import app
 from worker.llm import Caller, make_caller
 
-SDK_CALL_TRIES = 3
+# One of the pipeline bench's sessions, as `seed_workspace` writes them (in SQL).
+TRANSCRIPT = [{"role": "agent", "content": "Hello, how can I help?"},
+              {"role": "user", "content": "My order 1 arrived broken."}]
 
-_client: redis.Redis | None = None
-_lock = threading.Lock()
-
-
+@cache
 def _redis() -> redis.Redis:
-    global _client
-    with _lock:
-        if _client is None:
-            _client = redis.Redis.from_url(redis_client_url(get_settings().require_broker_url()))
-        return _client
+    return redis.Redis.from_url(redis_client_url(get_settings().require_broker_url()))
 
 
 @app.task(name=NOOP, ignore_result=True, acks_late=True)
@@ -57,20 +51,12 @@ def _request() -> dict[str, Any]:
                                       AGENT_FIELDS)
     config = analysis.resolve_config("call", "agent", [], {"agent": [agent]},
                                      settings.default_model)
-    return analysis.build_request(config, bench_transcript(1), settings.llm_max_tokens)
+    return analysis.build_request(config, TRANSCRIPT, settings.llm_max_tokens)
 
 
 @app.task(name=SDK_CALL, ignore_result=True, acks_late=True)
 def sdk_call() -> None:
-    for attempt in range(1, SDK_CALL_TRIES + 1):
-        try:
-            _caller().complete(_request())
-            break
-        except errors.TransientAnalysisError:
-            # The pipeline retries these too (`shared.retry`); a lost task would stall the
-            # bench's count instead.
-            if attempt == SDK_CALL_TRIES:
-                raise
+    _caller().complete(_request())
     _redis().incr(DONE_KEY)
 
 

@@ -11,8 +11,3 @@ AGENT_FIELDS: list[dict[str, Any]] = [
 """The custom fields of the bench's agent: the pipeline's sessions and the SDK-call task's
 request are of the same shape."""
 
-
-def bench_transcript(number: int) -> list[dict[str, str]]:
-    """The transcript the bench seeds for session `number` (see `seed_workspace`)."""
-    return [{"role": "agent", "content": "Hello, how can I help?"},
-            {"role": "user", "content": f"My order {number} arrived broken."}]

@@ -310,18 +310,17 @@ def pipeline_rate(stack: Stack, workspace_id: str, sessions: int) -> float:
 
 
 def figure_a(stack: Stack) -> list[Figure]:
-    tasks = NOOP_TASKS
     seed_workspace(stack.db, "ws_a", THROUGHPUT_SESSIONS)
     with stub_process(0) as (url, stub_pid):
         with workers(stack, url, app="bench.noop_app") as (pid,):
-            noop, noop_cpu = measured(pid, stub_pid, lambda: task_rate(stack, NOOP, tasks))
+            noop, noop_cpu = measured(pid, stub_pid, lambda: task_rate(stack, NOOP, NOOP_TASKS))
             call, call_cpu = measured(
                 pid, stub_pid, lambda: task_rate(stack, SDK_CALL, THROUGHPUT_SESSIONS))
         with workers(stack, url) as (pid,):
             sessions, session_cpu = measured(
                 pid, stub_pid, lambda: pipeline_rate(stack, "ws_a", THROUGHPUT_SESSIONS))
     ratio, ceiling = sessions / noop, call / noop
-    noop_ms = noop_cpu.worker_s * 1000 / tasks
+    noop_ms = noop_cpu.worker_s * 1000 / NOOP_TASKS
     call_ms = call_cpu.worker_s * 1000 / THROUGHPUT_SESSIONS
     session_ms = session_cpu.worker_s * 1000 / THROUGHPUT_SESSIONS
     where = f"threads pool, concurrency {CONCURRENCY}, zero-latency stand-in"
@@ -338,7 +337,7 @@ def figure_a(stack: Stack) -> list[Figure]:
                f"÷ {THROUGHPUT_SESSIONS} tasks; session − SDK call = "
                f"{session_ms - call_ms:.2f} ms (claim, load, parse, write, events)"),
         Figure("(a) worker CPU ms per no-op task", noop_ms, "(lower is better)", None,
-               f"÷ {tasks} no-op tasks; session ÷ no-op = {session_ms / noop_ms:.2f}; "
+               f"÷ {NOOP_TASKS} no-op tasks; session ÷ no-op = {session_ms / noop_ms:.2f}; "
                f"{noop_cpu.cores()}"),
     ]
 

@@ -118,9 +118,10 @@ def complete(client: anthropic.Anthropic, policy: CallPolicy, request: dict[str,
     if not policy.prompt_caching:
         request = without_cache_control(request)
     limiter, model = policy.limiter, str(request["model"])
-    # Only a limiter needs the estimate (it serialises the prompt to count its characters).
-    estimate = None if limiter is None else estimate_cost(request, policy.output_estimate_tokens)
-    if limiter is not None and estimate is not None:
+    estimate = Cost()  # what the limiter reserved for this call; only read when there is one
+    if limiter is not None:
+        # Only a limiter needs the estimate (it serialises the prompt to count its characters).
+        estimate = estimate_cost(request, policy.output_estimate_tokens)
         wait_for_capacity(limiter, model, estimate, policy.max_wait_s)
     started = time.monotonic()
     try:
@@ -140,7 +141,7 @@ def complete(client: anthropic.Anthropic, policy: CallPolicy, request: dict[str,
     latency_ms = int((time.monotonic() - started) * 1000)
     if not isinstance(message, dict):
         raise errors.LLMServerError("the provider answered something that is not a message")
-    if limiter is not None and estimate is not None:
+    if limiter is not None:
         _after_call(limiter, model, raw.headers, 200, (estimate, used_cost(message)))
     return Reply(message, latency_ms)
 
